@@ -1,0 +1,32 @@
+# The two set-up commands: `make repro` (venv, pinned deps, data, the default experiment)
+# and `make test`. Everything runs from the project's own virtual environment.
+VENV ?= .venv
+PYTHON := $(abspath $(VENV))/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: repro test venv rounds paper bench clean
+
+repro: $(VENV)/.installed
+	dvc repro
+
+test: $(VENV)/.installed
+	$(PYTHON) -m pytest -q
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet -r requirements.txt
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+# Set the number of pruning rounds in params.yaml: `make rounds N=12`.
+rounds: $(VENV)/.installed
+	$(PYTHON) -m lottery rounds $(N)
+
+bench: $(VENV)/.installed
+	$(PYTHON) bench/train_speed.py
+	$(PYTHON) bench/repro_time.py
+
+clean:
+	rm -rf models metrics/rounds plots/curves mlflow.db mlruns

@@ -1,0 +1,255 @@
+"""Typed hyperparameters read from params.yaml, validated in one place before any work starts.
+
+Every key is required in params.yaml, so an experiment's params file says everything that
+shaped it. A bad value raises `ParamsError` whose one-line message names the key.
+"""
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params.yaml value that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DataHparams:
+    dataset: str  # registry name in lottery.data
+    source: str  # npm | local | download
+    local_root: str  # an existing torchvision root, used when source is `local`
+    validation_size: int  # examples held out of the training set for early stopping
+    train_subset: int  # 0 = the whole training set; else its first N (after the hold-out)
+    test_subset: int  # 0 = the whole test set
+
+    def check(self):
+        from lottery import data
+
+        _one_of("data.dataset", self.dataset, data.DATASETS)
+        _one_of("data.source", self.source, data.SOURCES)
+        if self.source == "local" and not self.local_root:
+            raise ParamsError("data.local_root = '': source 'local' needs an existing torchvision root")
+        _at_least("data.validation_size", self.validation_size, 1)
+        _at_least("data.train_subset", self.train_subset, 0)
+        _at_least("data.test_subset", self.test_subset, 0)
+
+
+@dataclass(frozen=True)
+class ModelHparams:
+    name: str  # registry name in lottery.models
+
+    def check(self):
+        from lottery import models
+
+        _one_of("model.name", self.name, models.REGISTRY)
+
+
+@dataclass(frozen=True)
+class TrainHparams:
+    optimizer: str  # adam | sgd
+    lr: float
+    momentum: float  # SGD only
+    batch_size: int
+    iterations: int  # every round trains this long
+    eval_every: int  # validation and test metrics every N iterations
+    device: str  # auto | cpu | cuda
+
+    def check(self):
+        _one_of("train.optimizer", self.optimizer, ("adam", "sgd"))
+        _positive("train.lr", self.lr)
+        if not 0 <= self.momentum < 1:
+            raise ParamsError(f"train.momentum = {self.momentum!r}: must be in [0, 1)")
+        _at_least("train.batch_size", self.batch_size, 1)
+        _at_least("train.iterations", self.iterations, 1)
+        _at_least("train.eval_every", self.eval_every, 1)
+        _one_of("train.device", self.device, ("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class PruneHparams:
+    strategy: str  # registry name in lottery.pruning
+    scope: str  # layerwise: each layer loses its own rate; global: one ranking over all layers
+    rate: float  # fraction of the remaining weights removed per round (fully-connected layers)
+    conv_rate: typing.Optional[float]  # null: the model's paper rate for conv layers
+    output_rate: typing.Optional[float]  # null: half of `rate`, as the LTH paper does
+
+    def check(self):
+        from lottery import pruning
+
+        _one_of("prune.strategy", self.strategy, pruning.REGISTRY)
+        _one_of("prune.scope", self.scope, ("layerwise", "global"))
+        for key in ("rate", "conv_rate", "output_rate"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value < 1:
+                raise ParamsError(f"prune.{key} = {value!r}: must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class RewindHparams:
+    iteration: int  # k: rewind to the dense run's weights at iteration k (0 = θ0)
+
+    def check(self):
+        _at_least("rewind.iteration", self.iteration, 0)
+
+
+@dataclass(frozen=True)
+class TrackingHparams:
+    experiment: str  # MLflow experiment name
+    uri: str  # '' = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the project root
+
+    def check(self):
+        if not self.experiment:
+            raise ParamsError("tracking.experiment = '': must name an MLflow experiment")
+
+
+@dataclass(frozen=True)
+class ReportHparams:
+    tolerance: float  # a ticket "matches dense" if its test accuracy is at most this much lower
+
+    def check(self):
+        _at_least("report.tolerance", self.tolerance, 0)
+
+
+SECTIONS = {
+    "data": DataHparams,
+    "model": ModelHparams,
+    "train": TrainHparams,
+    "prune": PruneHparams,
+    "rewind": RewindHparams,
+    "tracking": TrackingHparams,
+    "report": ReportHparams,
+}
+# Sections that do not change what a lineage computes: they stay out of its identity.
+NOT_LINEAGE = ("tracking", "report", "rounds")
+
+
+@dataclass(frozen=True)
+class Hparams:
+    seed: int
+    data: DataHparams
+    model: ModelHparams
+    train: TrainHparams
+    prune: PruneHparams
+    rewind: RewindHparams
+    rounds: int  # pruning rounds after the dense round 0
+    tracking: TrackingHparams
+    report: ReportHparams
+    raw: dict = dataclasses.field(compare=False, repr=False)
+
+    def check(self):
+        for section in SECTIONS:
+            getattr(self, section).check()
+        if self.rewind.iteration >= self.train.iterations:
+            raise ParamsError(
+                f"rewind.iteration = {self.rewind.iteration}: must be below train.iterations "
+                f"({self.train.iterations})"
+            )
+
+    @property
+    def lineage_hash(self):
+        """Identity of what the lineage computes: every param but tracking, report and rounds."""
+        identity = {k: v for k, v in self.raw.items() if k not in NOT_LINEAGE}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def from_dict(raw):
+    if not isinstance(raw, dict):
+        raise ParamsError("params: the file must be a mapping of sections")
+    known = {"seed", "rounds", *SECTIONS}
+    for key in raw:
+        if key not in known:
+            raise ParamsError(f"{key}: unknown section (expected one of {sorted(known)})")
+    sections = {name: _section(name, cls, raw.get(name)) for name, cls in SECTIONS.items()}
+    hp = Hparams(
+        seed=_typed("seed", _required(raw, "seed", ""), int),
+        rounds=_rounds(_required(raw, "rounds", "")),
+        raw=raw,
+        **sections,
+    )
+    hp.check()
+    return hp
+
+
+def load(path="params.yaml"):
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return from_dict(raw)
+
+
+def rounds_section(count):
+    """The `rounds` mapping for `count` rounds: DVC's foreach needs each round's predecessor."""
+    return {str(r): {"prev": r - 1} for r in range(1, count + 1)}
+
+
+def _section(name, cls, values):
+    if not isinstance(values, dict):
+        raise ParamsError(f"{name}: missing section" if values is None else f"{name}: must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in fields:
+            raise ParamsError(f"{name}.{key}: unknown key (expected one of {fields})")
+    return cls(**{f: _typed(f"{name}.{f}", _required(values, f, name), hints[f]) for f in fields})
+
+
+_MISSING = object()
+
+
+def _required(values, key, section):
+    value = values.get(key, _MISSING)
+    if value is _MISSING:
+        raise ParamsError(f"{section + '.' if section else ''}{key}: missing key")
+    return value
+
+
+def _typed(key, value, hint):
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind in (int, str) and isinstance(value, kind) and not isinstance(value, bool):
+            return value
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+    raise ParamsError(f"{key} = {value!r}: must be {names}")
+
+
+def _rounds(section):
+    # Keys are strings: DVC's params context drops integer keys, and foreach needs them.
+    hint = "(run `make rounds N=<count>`)"
+    if not isinstance(section, dict) or not section:
+        raise ParamsError(f"rounds: must map each round '1'..'N' to {{prev: N-1}} {hint}")
+    expected = [str(r) for r in range(1, len(section) + 1)]
+    if sorted(section, key=str) != sorted(expected) or any(type(k) is not str for k in section):
+        raise ParamsError(f"rounds: keys {list(section)!r} must be the strings '1'..'{len(section)}' {hint}")
+    for key in expected:
+        if section[key] != {"prev": int(key) - 1}:
+            raise ParamsError(f"rounds.{key} = {section[key]!r}: must be {{prev: {int(key) - 1}}}")
+    return len(section)
+
+
+def _one_of(key, value, allowed):
+    if value not in allowed:
+        raise ParamsError(f"{key} = {value!r}: unknown (expected one of {sorted(allowed)})")
+
+
+def _positive(key, value):
+    if not value > 0:
+        raise ParamsError(f"{key} = {value!r}: must be > 0")
+
+
+def _at_least(key, value, minimum):
+    if value < minimum:
+        raise ParamsError(f"{key} = {value!r}: must be >= {minimum}")

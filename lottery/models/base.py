@@ -1,0 +1,36 @@
+"""What every model offers the pruning code: which weights are prunable and of what kind."""
+
+import torch
+from torch import nn
+
+
+class PrunableModel(nn.Module):
+    """A classifier whose Linear and Conv2d weights are prunable; biases and BN never are."""
+
+    # Per-round rate for conv layers when params leave prune.conv_rate null (LTH, Figure 2).
+    paper_conv_rate = 0.1
+
+    def prunable_kinds(self):
+        """Parameter name -> 'conv', 'fc' or 'output' (the last Linear layer)."""
+        kinds = {}
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Conv2d):
+                kinds[f"{name}.weight"] = "conv"
+            elif isinstance(module, nn.Linear):
+                kinds[f"{name}.weight"] = "fc"
+        last_fc = [name for name, kind in kinds.items() if kind == "fc"][-1]
+        kinds[last_fc] = "output"
+        return kinds
+
+    def reset_parameters(self, generator):
+        """Gaussian Glorot weights and zero biases, as in the LTH paper, drawn from `generator`."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(module.weight)
+                std = (2.0 / (fan_in + fan_out)) ** 0.5
+                with torch.no_grad():
+                    module.weight.normal_(0.0, std, generator=generator)
+                    if module.bias is not None:
+                        module.bias.zero_()
+            elif isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()
