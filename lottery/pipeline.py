@@ -89,8 +89,8 @@ def evaluate(hp, round_, splits=None):
         "round": round_,
         "weights_remaining": sparsity["weights_remaining"],
         "weights_remaining_per_layer": {n: layer["weights_remaining"] for n, layer in sparsity["layers"].items()},
-        "test_accuracy": test_accuracy,
-        "test_loss": test_loss,
+        "final_test_accuracy": test_accuracy,
+        "final_test_loss": test_loss,
         **log["summary"],
     }
     write_text(paths.curve_plot_data(round_), report.curve_csv(log["curve"]))

@@ -36,8 +36,6 @@ class TrainResult:
             "early_stop_iteration": best["iteration"],
             "test_accuracy_at_early_stop": best["test_accuracy"],
             "validation_loss_at_early_stop": best["validation_loss"],
-            "final_test_accuracy": self.final["test_accuracy"],
-            "final_validation_loss": self.final["validation_loss"],
         }
 
 

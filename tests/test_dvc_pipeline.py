@@ -1,0 +1,109 @@
+"""The real `dvc repro` and `dvc exp run` in a fresh git repository, on a small real-MNIST run."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import PROJECT, TINY, default_params, with_overrides
+
+COPIED = ("lottery", "stages", "dvc.yaml", ".dvcignore", ".gitignore")
+
+
+def sh(repo, *args):
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, mnist_root):
+    repo = tmp_path_factory.mktemp("project")
+    for name in COPIED:
+        source = PROJECT / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, repo / name)
+    params = with_overrides(default_params(), {**TINY, "data.source": "local", "data.local_root": str(mnist_root)})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "config", "user.email", "ci@example.com")
+    sh(repo, "git", "config", "user.name", "ci")
+    sh(repo, "dvc", "init", "-q")
+    sh(repo, "dvc", "config", "core.analytics", "false")
+    sh(repo, "dvc", "repro")
+    yield repo
+    del os.environ["MLFLOW_TRACKING_URI"]
+
+
+def lineages():
+    runs = mlflow.search_runs(experiment_names=["lottery"], output_format="list")
+    parents = {r.info.run_id: r for r in runs if r.data.tags.get("lottery.kind") == "lineage"}
+    children = {pid: sorted(int(r.data.tags["lottery.round"]) for r in runs if r.data.tags.get("mlflow.parentRunId") == pid) for pid in parents}
+    return parents, children
+
+
+def test_repro_writes_every_rounds_artifacts(repo):
+    for round_ in range(3):
+        assert (repo / f"models/round_{round_}/trained.pt").stat().st_size > 100_000
+        assert (repo / f"models/round_{round_}/mask.pt").exists()
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
+    assert summary["rounds"][2]["weights_remaining"] == pytest.approx(0.64, abs=0.01)
+    assert (repo / "plots/lottery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (repo / "plots/rounds.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("round,weights_remaining")
+
+
+def test_dvc_sees_the_round_metrics(repo):
+    shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json"))
+    metrics = shown[""]["data"]
+    round_2 = metrics["metrics/rounds/round_2.json"]["data"]
+    assert round_2["round"] == 2
+    assert 0.5 < round_2["final_test_accuracy"] <= 1
+    assert "metrics/summary.json" in metrics
+
+
+def test_dvc_graph_chains_the_rounds(repo):
+    dot = sh(repo, "dvc", "dag", "--dot").replace('"', "")
+    edges = {tuple(line.strip(" \t;").split(" -> ")) for line in dot.splitlines() if " -> " in line}
+    for edge in [("train", "prune@1"), ("prune@1", "rewind@1"), ("retrain@1", "prune@2"), ("evaluate@2", "report")]:
+        assert edge in edges
+
+
+def test_mlflow_has_one_parent_and_a_child_per_round(repo):
+    parents, children = lineages()
+    assert len(parents) == 1
+    (parent_id,) = parents
+    assert children[parent_id] == [0, 1, 2]
+    lineage_file = json.loads((repo / "models/lineage.json").read_text())
+    assert lineage_file["parent_run_id"] == parent_id
+
+
+def test_second_repro_is_a_no_op(repo):
+    out = sh(repo, "dvc", "repro")
+    assert "Data and pipelines are up to date" in out
+    assert "Running stage" not in out
+
+
+def test_an_experiment_with_another_rate_is_a_new_lineage(repo):
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "baseline")
+    sh(repo, "dvc", "exp", "run", "-S", "prune.rate=0.3", "--name", "rate-0.3")
+    table = json.loads(sh(repo, "dvc", "exp", "show", "--json"))
+    names = {exp.get("name") for entry in table for exp in (entry.get("experiments") or []) for exp in [exp]}
+    names |= {rev.get("name") for entry in table for exp in (entry.get("experiments") or []) for rev in exp.get("revs", [])}
+    assert "rate-0.3" in names
+    parents, children = lineages()
+    assert len(parents) == 2
+    new = [p for p in parents.values() if p.data.params["prune.rate"] == "0.3"]
+    assert len(new) == 1 and new[0].data.tags["lottery.dvc_experiment"] == "rate-0.3"
+    assert children[new[0].info.run_id] == [0, 1, 2]  # round 0 restored from cache, filled in by report

@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from lottery import masks, models, pruning
+from tests.conftest import default_params, with_overrides
+from lottery import hparams
+
+
+def prune_hp(**overrides):
+    return hparams.from_dict(with_overrides(default_params(), {f"prune.{k}": v for k, v in overrides.items()})).prune
+
+
+def train_like(model, seed):
+    """Stand-in trained weights: fresh random values, so every round ranks a new order."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator))
+
+
+def imp(model_name, rounds, hp, input_shape=(1, 28, 28)):
+    model = models.build(model_name, input_shape, 10, seed=0)
+    mask = masks.ones(model)
+    history = [mask]
+    for round_ in range(1, rounds + 1):
+        train_like(model, seed=round_)
+        masks.apply(model, mask)
+        mask = pruning.prune(hp, model, mask, seed=round_)
+        history.append(mask)
+    return model, history
+
+
+@pytest.mark.parametrize("rounds", [1, 3, 5])
+def test_layerwise_density_is_one_minus_rate_to_the_rounds(rounds):
+    hp = prune_hp(rate=0.2)
+    model, history = imp("lenet_300_100", rounds, hp)
+    rates = pruning.layer_rates(model, hp)
+    assert rates == {"layers.1.weight": 0.2, "layers.3.weight": 0.2, "layers.5.weight": 0.1}
+    for name, keep in history[-1].items():
+        expected = (1 - rates[name]) ** rounds
+        assert keep.float().mean().item() == pytest.approx(expected, abs=rounds / keep.numel() + 1e-9)
+
+
+def test_conv_layers_use_the_models_paper_rate_unless_set():
+    model = models.build("conv6", (3, 32, 32), 10, seed=0)
+    kinds = model.prunable_kinds()
+    rates = pruning.layer_rates(model, prune_hp(rate=0.2))
+    assert {rates[n] for n, k in kinds.items() if k == "conv"} == {0.15}
+    assert [k for k in kinds.values()].count("output") == 1
+    rates = pruning.layer_rates(model, prune_hp(rate=0.2, conv_rate=0.05, output_rate=0.3))
+    assert {rates[n] for n, k in kinds.items() if k == "conv"} == {0.05}
+    assert rates["classifier.5.weight"] == 0.3
+
+
+def test_pruned_weights_are_never_revived():
+    _, history = imp("lenet_300_100", 4, prune_hp(rate=0.3))
+    for before, after in zip(history, history[1:]):
+        for name in before:
+            assert not bool((after[name] & ~before[name]).any()), name
+
+
+def test_magnitude_removes_the_smallest_remaining_weights():
+    model = models.build("lenet_300_100", (1, 28, 28), 10, seed=0)
+    train_like(model, seed=1)
+    mask = pruning.prune(prune_hp(rate=0.2), model, masks.ones(model), seed=1)
+    weight = dict(model.named_parameters())["layers.1.weight"].detach().abs()
+    keep = mask["layers.1.weight"]
+    assert weight[~keep].max() <= weight[keep].min()
+
+
+def test_global_scope_removes_the_rate_over_all_layers_together():
+    model = models.build("lenet_300_100", (1, 28, 28), 10, seed=0)
+    train_like(model, seed=3)
+    with torch.no_grad():
+        dict(model.named_parameters())["layers.5.weight"].abs_().add_(10)  # the output layer is large
+    mask = pruning.prune(prune_hp(rate=0.2, scope="global"), model, masks.ones(model), seed=1)
+    assert masks.weights_remaining(mask) == pytest.approx(0.8, abs=1e-5)
+    assert bool(mask["layers.5.weight"].all())  # large weights survive a global ranking
+
+
+def test_pruning_is_deterministic():
+    _, first = imp("lenet_300_100", 2, prune_hp(rate=0.2))
+    _, second = imp("lenet_300_100", 2, prune_hp(rate=0.2))
+    for name in first[-1]:
+        assert torch.equal(first[-1][name], second[-1][name])
+
+
+def test_every_registered_model_builds_and_exposes_prunable_weights():
+    for name in models.REGISTRY:
+        model = models.build(name, (1, 28, 28), 10, seed=0)
+        out = model(torch.zeros(2, 1, 28, 28))
+        assert out.shape == (2, 10)
+        kinds = model.prunable_kinds()
+        assert list(kinds.values())[-1] == "output"
+        assert not any(n.endswith("bias") for n in kinds)
+
+
+def test_same_seed_same_init_other_seed_other_init():
+    a = models.build("conv2", (1, 28, 28), 10, seed=4).state_dict()
+    b = models.build("conv2", (1, 28, 28), 10, seed=4).state_dict()
+    c = models.build("conv2", (1, 28, 28), 10, seed=5).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["features.0.weight"], c["features.0.weight"])
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(KeyError, match="model.name = 'vgg99': unknown"):
+        models.build("vgg99", (1, 28, 28), 10, seed=0)
