@@ -6,13 +6,15 @@ from lottery import models
 from lottery.io import atomic_path
 
 
-def save(path, model, *, model_name, input_shape, num_classes, round_, iteration, params, lineage):
+def save(path, model, *, model_name, input_shape, num_classes, round_, iteration, params, lineage, parents):
+    """`parents`: the files these weights were derived from, so any checkpoint traces its lineage."""
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model": {"name": model_name, "input_shape": list(input_shape), "num_classes": num_classes},
         "round": round_,
         "iteration": iteration,
         "lineage": lineage,
+        "parents": [str(parent) for parent in parents],
         "params": params,
     }
     with atomic_path(path) as tmp:

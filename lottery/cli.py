@@ -7,8 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from lottery import hparams
+from lottery import hparams, paths
 from lottery.io import write_text
+from lottery.replicates import ReplicateError
 
 
 def set_rounds(params_path, count):
@@ -32,12 +33,23 @@ def main(argv=None):
     rounds = commands.add_parser("rounds", help="set the number of pruning rounds in params.yaml")
     rounds.add_argument("count", type=int)
     rounds.add_argument("--params", default="params.yaml")
+    replicates = commands.add_parser(
+        "replicates", help="aggregate over seeds the lineages that differ from params.yaml's in the seed alone"
+    )
+    replicates.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     try:
-        set_rounds(args.params, args.count)
-    except hparams.ParamsError as err:
+        if args.command == "rounds":
+            set_rounds(args.params, args.count)
+            print(f"{args.params}: {args.count} rounds")
+        else:
+            from lottery import replicates as replicates_module, report
+
+            summary = replicates_module.summarize(hparams.load(args.params))
+            print(report.format_table(summary))
+            print(f"{summary['seeds']} seeds; {paths.replicates_summary()}, {paths.replicates_figure()}")
+    except (hparams.ParamsError, ReplicateError) as err:
         sys.exit(f"error: {err}")
-    print(f"{args.params}: {args.count} rounds")
 
 
 if __name__ == "__main__":

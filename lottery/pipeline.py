@@ -3,11 +3,7 @@
 Stage scripts only parse arguments and call these; tests call them without DVC.
 """
 
-import os
-
-import torch
-
-from lottery import checkpoints, data, masks, models, paths, pruning, report, tracking, training
+from lottery import checkpoints, controls, data, masks, models, paths, pruning, report, tracking, training
 from lottery.io import read_json, write_json, write_text
 
 
@@ -19,7 +15,7 @@ def init(hp):
     """θ0 of the lineage, and its MLflow parent run."""
     spec = data.DATASETS[hp.data.dataset]
     model = models.build(hp.model.name, spec.input_shape, spec.num_classes, seed=hp.seed)
-    _save_weights(paths.init_checkpoint(), model, hp, round_=0, iteration=0)
+    _save_weights(paths.init_checkpoint(), model, hp, round_=0, iteration=0, parents=[])
     with tracking.parent_run(hp):
         pass
 
@@ -32,16 +28,21 @@ def train_dense(hp):
     result = training.train(model, mask, splits, hp.train, hp.seed, snapshot_at=hp.rewind.iteration)
     rewind_model, _ = checkpoints.load_model(paths.init_checkpoint())
     rewind_model.load_state_dict(result.snapshot)
-    _save_weights(paths.rewind_point(), rewind_model, hp, round_=0, iteration=hp.rewind.iteration)
-    _save_training(hp, 0, model, mask, result)
+    _save_weights(
+        paths.rewind_point(), rewind_model, hp, round_=0, iteration=hp.rewind.iteration, parents=[paths.init_checkpoint()]
+    )
+    masks.save(mask, paths.mask(0))
+    _save_training(hp, 0, model, result, parents=[paths.init_checkpoint()])
     evaluate(hp, 0, splits=splits)
 
 
 def prune(hp, round_):
-    """Round r's mask: round r-1's mask less p% of its remaining weights, by the strategy."""
-    trained, _ = checkpoints.load_model(paths.trained_weights(round_ - 1))
-    previous = masks.load(paths.mask(round_ - 1), trained)
-    mask = pruning.prune(hp.prune, trained, previous, seed=hp.seed + round_)
+    """Round r's mask: round r-1's mask less p% of its remaining weights (iterative), or the dense
+    network pruned at once to round r's sparsity (oneshot)."""
+    source = 0 if hp.prune.schedule == "oneshot" else round_ - 1
+    trained, _ = checkpoints.load_model(paths.trained_weights(source))
+    previous = masks.load(paths.mask(source), trained)
+    mask = pruning.prune(hp.prune, trained, previous, seed=hp.seed + round_, rounds=round_ - source)
     sparsity = masks.sparsity_report(mask, trained.prunable_kinds())
     masks.save(mask, paths.mask(round_))
     write_json(paths.sparsity_report(round_), sparsity)
@@ -51,6 +52,7 @@ def prune(hp, round_):
             "round": round_,
             "prune.strategy": hp.prune.strategy,
             "prune.scope": hp.prune.scope,
+            "prune.schedule": hp.prune.schedule,
             "rewind.iteration": hp.rewind.iteration,
         }
         params.update({f"rate.{name}": rate for name, rate in rates.items()})
@@ -64,7 +66,14 @@ def rewind(hp, round_):
     model, _ = checkpoints.load_model(paths.rewind_point())
     mask = masks.load(paths.mask(round_), model)
     masks.apply(model, mask)
-    _save_weights(paths.start_weights(round_), model, hp, round_=round_, iteration=hp.rewind.iteration)
+    _save_weights(
+        paths.start_weights(round_),
+        model,
+        hp,
+        round_=round_,
+        iteration=hp.rewind.iteration,
+        parents=[paths.rewind_point(), paths.mask(round_)],
+    )
 
 
 def retrain(hp, round_):
@@ -72,18 +81,32 @@ def retrain(hp, round_):
     model, _ = checkpoints.load_model(paths.start_weights(round_))
     mask = masks.load(paths.mask(round_), model)
     result = training.train(model, mask, _splits(hp), hp.train, hp.seed, start_iteration=hp.rewind.iteration)
-    _save_training(hp, round_, model, mask, result)
+    _save_training(hp, round_, model, result, parents=[paths.start_weights(round_), paths.mask(round_)])
 
 
-def evaluate(hp, round_, splits=None):
-    """Round r's metrics: test accuracy and loss of the trained ticket, early stopping, sparsity."""
-    model, _ = checkpoints.load_model(paths.trained_weights(round_))
-    mask = masks.load(paths.mask(round_), model)
+def control(hp, round_, name):
+    """A control branch of round r: its start weights and mask, trained and evaluated like the ticket."""
+    theta, checkpoint = checkpoints.load_model(paths.rewind_point())
+    ticket_mask = masks.load(paths.mask(round_), theta)
+    model, mask = controls.build(
+        name, theta, checkpoint["model"], ticket_mask, hp.seed, round_, same_sign=hp.controls.same_sign
+    )
+    masks.save(mask, paths.mask(round_, name))
+    splits = _splits(hp)
+    result = training.train(model, mask, splits, hp.train, hp.seed, start_iteration=hp.rewind.iteration)
+    _save_training(hp, round_, model, result, parents=[paths.rewind_point(), paths.mask(round_)], control=name)
+    evaluate(hp, round_, splits=splits, control=name)
+
+
+def evaluate(hp, round_, splits=None, control=None):
+    """Round r's metrics (or a control's): test accuracy and loss, early stopping, sparsity."""
+    model, _ = checkpoints.load_model(paths.trained_weights(round_, control))
+    mask = masks.load(paths.mask(round_, control), model)
     check_pruned_weights_are_zero(model, mask)
     splits = splits or _splits(hp)
     device = training.device_for(hp.train.device)
     test_loss, test_accuracy = training.evaluate(model.to(device), splits.test.to(device))
-    log = read_json(paths.training_log(round_))
+    log = read_json(paths.training_log(round_, control))
     sparsity = masks.sparsity_report(mask, model.prunable_kinds())
     metrics = {
         "round": round_,
@@ -93,31 +116,40 @@ def evaluate(hp, round_, splits=None):
         "final_test_loss": test_loss,
         **log["summary"],
     }
-    write_text(paths.curve_plot_data(round_), report.curve_csv(log["curve"]))
-    with tracking.round_run(hp, round_, "evaluate" if round_ else "train") as run:
-        tracking.publish_metrics(paths.round_metrics(round_), metrics, run)
+    write_text(paths.curve_plot_data(round_, control), report.curve_csv(log["curve"]))
+    stage = "control" if control else "evaluate" if round_ else "train"
+    with tracking.round_run(hp, round_, stage, control=control) as run:
+        tracking.publish_metrics(paths.round_metrics(round_, control), metrics, run)
         tracking.guarded(run.log_curve, log["curve"])
 
 
 def summarize(hp):
-    """All rounds in one table and figure; the lineage in MLflow completed from DVC outputs."""
-    rounds = [read_json(paths.round_metrics(r)) for r in range(hp.rounds + 1)]
-    summary = report.summarize(rounds, hp.report.tolerance)
+    """All rounds and controls in one table and figure; the lineage in MLflow completed from DVC outputs."""
+    branches = [(round_, None) for round_ in range(hp.rounds + 1)]
+    branches += [(round_, name) for round_ in range(1, hp.rounds + 1) for name in hp.controls.run]
+    metrics = {branch: read_json(paths.round_metrics(*branch)) for branch in branches}
+    measurements = {}
+    for (round_, name), values in metrics.items():
+        measurements.setdefault(name or report.TICKET, {})[round_] = [values]
+    summary = report.summarize(measurements, hp.report.tolerance)
     write_json(paths.summary(), summary)
-    write_text(paths.rounds_plot_data(), report.rounds_csv(rounds))
-    report.figure(rounds, summary, paths.rounds_figure())
+    write_text(paths.rounds_plot_data(), report.rounds_csv(summary))
+    report.figure(summary, paths.rounds_figure())
     round_run_ids = {}
-    for round_, metrics in enumerate(rounds):
-        with tracking.round_run(hp, round_, "report") as run:
+    for (round_, name), values in metrics.items():
+        with tracking.round_run(hp, round_, "report", control=name) as run:
             if not tracking.guarded(run.has_results):
-                tracking.guarded(run.log, metrics=dict(tracking.numeric_metrics(metrics)))
-                tracking.guarded(run.log_curve, report.read_curve_csv(paths.curve_plot_data(round_)))
-            round_run_ids[round_] = run.run_id
+                tracking.guarded(run.log, metrics=dict(tracking.numeric_metrics(values)))
+                tracking.guarded(run.log_curve, report.read_curve_csv(paths.curve_plot_data(round_, name)))
+            if name is None:
+                round_run_ids[round_] = run.run_id
     with tracking.parent_run(hp) as run:
-        tracking.guarded(run.log, metrics=dict(tracking.numeric_metrics({"smallest_matching_ticket": summary["smallest_matching_ticket"] or {}})))
+        smallest = {"smallest_matching_ticket": summary["smallest_matching_ticket"] or {}}
+        tracking.guarded(run.log, metrics=dict(tracking.numeric_metrics(smallest)))
         tracking.guarded(run.log_artifact, paths.rounds_figure())
         tracking.guarded(run.log_artifact, paths.summary())
         tracking.write_lineage_file(paths.lineage_file(), run.run_id, round_run_ids, hp)
+    print(report.format_table(summary))
 
 
 def check_pruned_weights_are_zero(model, mask):
@@ -132,7 +164,7 @@ def _splits(hp):
     return data.load(hp.data, paths.dataset_root(hp.data.dataset))
 
 
-def _save_weights(path, model, hp, round_, iteration):
+def _save_weights(path, model, hp, round_, iteration, parents):
     spec = data.DATASETS[hp.data.dataset]
     checkpoints.save(
         path,
@@ -144,11 +176,11 @@ def _save_weights(path, model, hp, round_, iteration):
         iteration=iteration,
         params=hp.raw,
         lineage=hp.lineage_hash,
+        parents=parents,
     )
 
 
-def _save_training(hp, round_, model, mask, result):
-    _save_weights(paths.trained_weights(round_), model, hp, round_=round_, iteration=hp.train.iterations)
-    if round_ == 0:
-        masks.save(mask, paths.mask(0))
-    write_json(paths.training_log(round_), {"curve": result.curve, "summary": result.summary()})
+def _save_training(hp, round_, model, result, parents, control=None):
+    trained = paths.trained_weights(round_, control)
+    _save_weights(trained, model, hp, round_=round_, iteration=hp.train.iterations, parents=parents)
+    write_json(paths.training_log(round_, control), {"curve": result.curve, "summary": result.summary()})

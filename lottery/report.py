@@ -1,40 +1,81 @@
-"""The lineage at a glance: round table, the smallest matching ticket, CSVs and the figure."""
+"""The lineage at a glance: per round, the ticket beside the dense net and each control, over seeds.
+
+`measurements` maps a branch ("ticket" or a control's name) to {round: [one metrics dict per
+seed]}; round 0 of the ticket is the dense network. A single lineage is one seed.
+"""
 
 import csv
 import io as _io
+import statistics
 
 from lottery.io import atomic_path
 
-ROUND_COLUMNS = (
-    "round",
-    "weights_remaining",
-    "test_accuracy_at_early_stop",
-    "early_stop_iteration",
-    "final_test_accuracy",
-)
+TICKET = "ticket"
+COMPARED = ("test_accuracy_at_early_stop", "early_stop_iteration", "final_test_accuracy")
 CURVE_COLUMNS = ("iteration", "validation_loss", "validation_accuracy", "test_loss", "test_accuracy")
 
 
-def summarize(rounds, tolerance):
-    """Table of rounds, and the sparsest round whose accuracy is within `tolerance` of dense."""
-    dense = rounds[0]
-    floor = dense["test_accuracy_at_early_stop"] - tolerance
-    matching = [r for r in rounds[1:] if r["test_accuracy_at_early_stop"] >= floor]
+def stats(values):
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarize(measurements, tolerance):
+    """Per round: every branch's metrics over seeds and the verdict; the smallest matching ticket.
+
+    A winning ticket (LTH): mean test accuracy at early stop at least the dense net's, and mean
+    early-stop iteration at most the dense net's.
+    """
+    ticket = measurements[TICKET]
+    dense = {metric: stats([m[metric] for m in ticket[0]]) for metric in COMPARED}
+    rows = []
+    for round_ in sorted(ticket):
+        row = {"round": round_, "weights_remaining": statistics.fmean(m["weights_remaining"] for m in ticket[round_])}
+        for branch, by_round in measurements.items():
+            if round_ in by_round:
+                row[branch] = {metric: stats([m[metric] for m in by_round[round_]]) for metric in COMPARED}
+        if round_ > 0:
+            row["winning_ticket"] = (
+                row[TICKET]["test_accuracy_at_early_stop"]["mean"] >= dense["test_accuracy_at_early_stop"]["mean"]
+                and row[TICKET]["early_stop_iteration"]["mean"] <= dense["early_stop_iteration"]["mean"]
+            )
+        rows.append(row)
+    floor = dense["test_accuracy_at_early_stop"]["mean"] - tolerance
+    matching = [r for r in rows[1:] if r[TICKET]["test_accuracy_at_early_stop"]["mean"] >= floor]
     smallest = min(matching, key=lambda r: r["weights_remaining"], default=None)
-    table = [{key: r[key] for key in ROUND_COLUMNS} for r in rounds]
     return {
-        "rounds": table,
+        "rounds": rows,
+        "seeds": len(ticket[0]),
         "tolerance": tolerance,
-        "dense_test_accuracy_at_early_stop": dense["test_accuracy_at_early_stop"],
+        "dense": dense,
         "smallest_matching_ticket": (
-            {key: smallest[key] for key in ROUND_COLUMNS} if smallest is not None else None
+            {
+                "round": smallest["round"],
+                "weights_remaining": smallest["weights_remaining"],
+                "test_accuracy_at_early_stop": smallest[TICKET]["test_accuracy_at_early_stop"]["mean"],
+            }
+            if smallest
+            else None
         ),
     }
 
 
-def rounds_csv(rounds):
-    rows = [{key: r[key] for key in ROUND_COLUMNS} | {"percent_remaining": 100 * r["weights_remaining"]} for r in rounds]
-    return _csv(rows, (*ROUND_COLUMNS, "percent_remaining"))
+def branches(summary):
+    return [b for b in summary["rounds"][-1] if isinstance(summary["rounds"][-1][b], dict)]
+
+
+def rounds_csv(summary):
+    """One row per round: weights remaining, then each branch's mean/min/max of each compared metric."""
+    columns = ["round", "weights_remaining", "percent_remaining"]
+    for branch in branches(summary):
+        columns += [f"{branch}_{metric}{part}" for metric in COMPARED for part in ("", "_min", "_max")]
+    rows = []
+    for r in summary["rounds"]:
+        row = {"round": r["round"], "weights_remaining": r["weights_remaining"], "percent_remaining": 100 * r["weights_remaining"]}
+        for branch in branches(summary):
+            for metric, s in r.get(branch, {}).items():
+                row.update({f"{branch}_{metric}": s["mean"], f"{branch}_{metric}_min": s["min"], f"{branch}_{metric}_max": s["max"]})
+        rows.append(row)
+    return _csv(rows, columns)
 
 
 def curve_csv(curve):
@@ -50,39 +91,55 @@ def read_curve_csv(path):
 
 
 def format_table(summary):
-    """The round table as Markdown, for the terminal and the README."""
+    """The round table as Markdown: accuracy at early stop / early-stop iteration per branch (means)."""
+    names = branches(summary)
     lines = [
-        "| round | weights remaining | test acc. at early stop | early-stop iteration | final test acc. |",
-        "|---:|---:|---:|---:|---:|",
+        "| round | weights remaining | " + " | ".join(f"{b}: acc. / early stop" for b in names) + " | winning ticket |",
+        "|---:|---:|" + "---:|" * len(names) + "---|",
     ]
     for r in summary["rounds"]:
-        lines.append(
-            f"| {r['round']} | {100 * r['weights_remaining']:.1f}% | {100 * r['test_accuracy_at_early_stop']:.2f}% "
-            f"| {r['early_stop_iteration']} | {100 * r['final_test_accuracy']:.2f}% |"
-        )
+        cells = [
+            f"{100 * r[b]['test_accuracy_at_early_stop']['mean']:.2f}% / {r[b]['early_stop_iteration']['mean']:.0f}"
+            if b in r
+            else ""
+            for b in names
+        ]
+        verdict = {True: "yes", False: "no"}.get(r.get("winning_ticket"), "(dense)")
+        lines.append(f"| {r['round']} | {100 * r['weights_remaining']:.1f}% | " + " | ".join(cells) + f" | {verdict} |")
     return "\n".join(lines)
 
 
-def figure(rounds, summary, path):
-    """Test accuracy at early stop and early-stop iteration vs weights remaining (log x)."""
+def figure(summary, path):
+    """LTH Figures 3-4 style: test accuracy at early stop and early-stop iteration vs percent of
+    weights remaining (log x), ticket vs each control, min-max error bars over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    percent = [100 * r["weights_remaining"] for r in rounds]
-    fig, (accuracy, early_stop) = plt.subplots(1, 2, figsize=(10, 4))
-    accuracy.plot(percent, [100 * r["test_accuracy_at_early_stop"] for r in rounds], "o-", label="ticket")
-    accuracy.axhline(100 * summary["dense_test_accuracy_at_early_stop"], ls="--", c="gray", label="dense")
-    accuracy.set_ylabel("test accuracy at early stop (%)")
-    early_stop.plot(percent, [r["early_stop_iteration"] for r in rounds], "o-")
-    early_stop.set_ylabel("early-stop iteration")
-    for axis in (accuracy, early_stop):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for branch in branches(summary):
+        rows = [r for r in summary["rounds"] if branch in r]
+        percent = [100 * r["weights_remaining"] for r in rows]
+        for axis, metric, scale in zip(axes, ("test_accuracy_at_early_stop", "early_stop_iteration"), (100, 1)):
+            mean = [scale * r[branch][metric]["mean"] for r in rows]
+            low = [m - scale * r[branch][metric]["min"] for m, r in zip(mean, rows)]
+            high = [scale * r[branch][metric]["max"] - m for m, r in zip(mean, rows)]
+            axis.errorbar(percent, mean, yerr=[low, high], marker="o", capsize=3, label=branch)
+    for axis, metric, scale, label in zip(
+        axes,
+        ("test_accuracy_at_early_stop", "early_stop_iteration"),
+        (100, 1),
+        ("test accuracy at early stop (%)", "early-stop iteration"),
+    ):
+        axis.axhline(scale * summary["dense"][metric]["mean"], ls="--", c="gray", label="dense")
         axis.set_xscale("log")
         axis.invert_xaxis()
         axis.set_xlabel("percent of weights remaining")
+        axis.set_ylabel(label)
         axis.grid(True, which="both", alpha=0.3)
-    accuracy.legend()
+        axis.legend(fontsize=8)
+    fig.suptitle(f"{summary['seeds']} seed(s); error bars: min-max over seeds", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

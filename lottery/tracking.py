@@ -17,6 +17,8 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 LINEAGE_TAG = "lottery.lineage"
 ROUND_TAG = "lottery.round"
 KIND_TAG = "lottery.kind"
+CONTROL_TAG = "lottery.control"
+REPLICATE_TAG = "lottery.replicate_group"
 # A final metric every round's run carries once its results are logged.
 COMPLETE_METRIC = "test_accuracy_at_early_stop"
 
@@ -33,11 +35,9 @@ class Lineage:
     """The MLflow runs of one lineage (one params set), created on first use."""
 
     def __init__(self, hp):
-        import mlflow
         from mlflow.tracking import MlflowClient
 
         self.hp = hp
-        self.mlflow = mlflow
         self.client = MlflowClient(tracking_uri(hp.tracking))
         experiment = self.client.get_experiment_by_name(hp.tracking.experiment)
         self.experiment_id = (
@@ -47,47 +47,49 @@ class Lineage:
 
     def parent_run_id(self):
         if self._parent is None:
-            found = self._find(f"tags.`{KIND_TAG}` = 'lineage'")
-            self._parent = found or self._create_parent()
+            self._parent = self._find_or_create({KIND_TAG: "lineage"}, self._parent_tags)
         return self._parent
 
     def round_run_id(self, round_):
-        found = self._find(f"tags.`{KIND_TAG}` = 'round' and tags.`{ROUND_TAG}` = '{round_}'")
-        return found or self._create_round(round_)
+        return self._find_or_create({KIND_TAG: "round", ROUND_TAG: str(round_)}, lambda: self._round_tags(round_))
 
-    def _find(self, condition):
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{LINEAGE_TAG}` = '{self.hp.lineage_hash}' and {condition}",
-            order_by=["attributes.start_time ASC"],
-            max_results=1,
+    def control_run_id(self, round_, control):
+        """A control branch's run, nested under its round's run."""
+        identity = {KIND_TAG: "control", ROUND_TAG: str(round_), CONTROL_TAG: control}
+        return self._find_or_create(
+            identity,
+            lambda: {"mlflow.parentRunId": self.round_run_id(round_), "mlflow.runName": f"round-{round_}-{control}"},
         )
-        return runs[0].info.run_id if runs else None
 
-    def _create_parent(self):
-        tags = {
-            KIND_TAG: "lineage",
-            LINEAGE_TAG: self.hp.lineage_hash,
+    def _find_or_create(self, identity, creation_tags):
+        """The run of this lineage carrying the `identity` tags; created (with `creation_tags()`) if none."""
+        condition = " and ".join(f"tags.`{k}` = '{v}'" for k, v in {LINEAGE_TAG: self.hp.lineage_hash, **identity}.items())
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=condition, order_by=["attributes.start_time ASC"], max_results=1
+        )
+        if runs:
+            return runs[0].info.run_id
+        tags = {LINEAGE_TAG: self.hp.lineage_hash, **identity, **creation_tags()}
+        run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+        if identity[KIND_TAG] == "lineage":
+            self._log(run_id, params=flatten(self.hp.raw))
+        return run_id
+
+    def _parent_tags(self):
+        return {
             "mlflow.runName": f"lineage-{self.hp.lineage_hash[:8]}",
             "lottery.params_hash": self.hp.lineage_hash,
+            REPLICATE_TAG: self.hp.replicate_group,
+            "lottery.seed": str(self.hp.seed),
             "lottery.git_commit": _git_commit(),
             "lottery.dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),
         }
-        run = self.client.create_run(self.experiment_id, tags=tags)
-        self._log(run.info.run_id, params=flatten(self.hp.raw))
-        return run.info.run_id
 
-    def _create_round(self, round_):
-        tags = {
-            KIND_TAG: "round",
-            LINEAGE_TAG: self.hp.lineage_hash,
-            ROUND_TAG: str(round_),
-            "mlflow.parentRunId": self.parent_run_id(),
-            "mlflow.runName": f"round-{round_}",
-        }
+    def _round_tags(self, round_):
+        tags = {"mlflow.parentRunId": self.parent_run_id(), "mlflow.runName": f"round-{round_}"}
         if round_ > 0:
             tags["lottery.previous_round_run_id"] = self.round_run_id(round_ - 1)
-        return self.client.create_run(self.experiment_id, tags=tags).info.run_id
+        return tags
 
     def _log(self, run_id, metrics=None, params=None, tags=None, step=0):
         from mlflow.entities import Metric, Param, RunTag
@@ -145,11 +147,12 @@ class _Untracked:
 
 
 @contextmanager
-def round_run(hp, round_, stage):
-    """The round's child run, tagged with the DVC stage that logs into it."""
+def round_run(hp, round_, stage, control=None):
+    """The round's child run (or its control's nested run), tagged with the DVC stage that logs into it."""
     try:
         lineage = Lineage(hp)
-        run = RoundRun(lineage, lineage.round_run_id(round_))
+        run_id = lineage.control_run_id(round_, control) if control else lineage.round_run_id(round_)
+        run = RoundRun(lineage, run_id)
         run.log(tags={f"dvc.stage.{stage.split('@')[0]}": os.environ.get("DVC_STAGE", stage)})
     except Exception as err:  # tracking must never cost a stage its outputs
         _warn(err)

@@ -31,7 +31,10 @@ def repo(tmp_path_factory, mnist_root):
             shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, repo / name)
-    params = with_overrides(default_params(), {**TINY, "data.source": "local", "data.local_root": str(mnist_root)})
+    params = with_overrides(
+        default_params(),
+        {**TINY, "data.source": "local", "data.local_root": str(mnist_root), "controls.run": ["reinit"]},
+    )
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
     sh(repo, "git", "init", "-q")
@@ -68,6 +71,7 @@ def test_dvc_sees_the_round_metrics(repo):
     metrics = shown[""]["data"]
     round_2 = metrics["metrics/rounds/round_2.json"]["data"]
     assert round_2["round"] == 2
+    assert metrics["metrics/rounds/round_2_reinit.json"]["data"]["weights_remaining"] == round_2["weights_remaining"]
     assert 0.5 < round_2["final_test_accuracy"] <= 1
     assert "metrics/summary.json" in metrics
 
@@ -75,7 +79,14 @@ def test_dvc_sees_the_round_metrics(repo):
 def test_dvc_graph_chains_the_rounds(repo):
     dot = sh(repo, "dvc", "dag", "--dot").replace('"', "")
     edges = {tuple(line.strip(" \t;").split(" -> ")) for line in dot.splitlines() if " -> " in line}
-    for edge in [("train", "prune@1"), ("prune@1", "rewind@1"), ("retrain@1", "prune@2"), ("evaluate@2", "report")]:
+    for edge in [
+        ("train", "prune@1"),
+        ("prune@1", "rewind@1"),
+        ("retrain@1", "prune@2"),
+        ("evaluate@2", "report"),
+        ("prune@2", "control@2-reinit"),
+        ("control@2-reinit", "report"),
+    ]:
         assert edge in edges
 
 

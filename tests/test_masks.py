@@ -62,9 +62,10 @@ def test_sparsity_report_counts(model):
 def test_checkpoint_describes_itself(model, tmp_path):
     path = tmp_path / "w.pt"
     checkpoints.save(path, model, model_name="lenet_300_100", input_shape=(1, 28, 28), num_classes=10,
-                     round_=3, iteration=7, params={"seed": 1}, lineage="abc")
+                     round_=3, iteration=7, params={"seed": 1}, lineage="abc", parents=["models/round_3/start.pt"])
     loaded, checkpoint = checkpoints.load_model(path)
     assert (checkpoint["round"], checkpoint["iteration"], checkpoint["lineage"]) == (3, 7, "abc")
+    assert checkpoint["parents"] == ["models/round_3/start.pt"] and checkpoint["params"] == {"seed": 1}
     assert all(torch.equal(loaded.state_dict()[k], model.state_dict()[k]) for k in model.state_dict())
 
 

@@ -7,7 +7,7 @@ import mlflow
 import pytest
 import torch
 
-from lottery import checkpoints, masks, paths, pipeline, report
+from lottery import checkpoints, hparams, masks, paths, pipeline, pruning, report
 
 
 def run_lineage(hp):
@@ -18,6 +18,8 @@ def run_lineage(hp):
         pipeline.rewind(hp, round_)
         pipeline.retrain(hp, round_)
         pipeline.evaluate(hp, round_)
+        for control in hp.controls.run:
+            pipeline.control(hp, round_, control)
     pipeline.summarize(hp)
 
 
@@ -130,6 +132,60 @@ def test_report_fills_in_rounds_that_mlflow_missed(lineage):
     assert len(client.get_metric_history(round_2[0].info.run_id, "test_accuracy")) == 4
 
 
+def test_controls_run_as_nested_branches_of_each_round(workdir, make_hp):
+    hp = make_hp(**{"controls.run": ["reinit", "random_sparse"]})
+    run_lineage(hp)
+    runs = mlflow.search_runs(experiment_names=[hp.tracking.experiment], output_format="list")
+    rounds = {r.data.tags["lottery.round"]: r.info.run_id for r in runs if r.data.tags.get("lottery.kind") == "round"}
+    branches = [r for r in runs if r.data.tags.get("lottery.kind") == "control"]
+    assert sorted((r.data.tags["lottery.round"], r.data.tags["lottery.control"]) for r in branches) == [
+        ("1", "random_sparse"), ("1", "reinit"), ("2", "random_sparse"), ("2", "reinit")
+    ]
+    for run in branches:
+        assert run.data.tags["mlflow.parentRunId"] == rounds[run.data.tags["lottery.round"]]
+        assert "test_accuracy_at_early_stop" in run.data.metrics
+    ticket = torch.load(paths.mask(2), weights_only=True)
+    random_mask = torch.load(paths.mask(2, "random_sparse"), weights_only=True)
+    assert not torch.equal(ticket["layers.1.weight"], random_mask["layers.1.weight"])
+    summary = json.loads(paths.summary().read_text())
+    assert {"ticket", "reinit", "random_sparse"} <= set(summary["rounds"][2])
+    assert isinstance(summary["rounds"][2]["winning_ticket"], bool)
+    assert "reinit_test_accuracy_at_early_stop" in paths.rounds_plot_data().read_text().splitlines()[0]
+
+
+def test_replicates_aggregate_two_seeds_with_their_controls(workdir, make_hp, monkeypatch):
+    from lottery import replicates
+
+    for seed in (0, 1):
+        seed_dir = workdir / f"seed_{seed}"  # one workspace per seed, as DVC experiments have
+        seed_dir.mkdir()
+        (seed_dir / "data").symlink_to(workdir / "data")
+        monkeypatch.chdir(seed_dir)
+        run_lineage(make_hp(seed=seed, **{"controls.run": ["reinit", "random_sparse"]}))
+    hp = make_hp(seed=0, **{"controls.run": ["reinit", "random_sparse"]})
+    summary = replicates.summarize(hp)
+    assert summary["seeds"] == 2
+    for row in summary["rounds"][1:]:
+        for branch in ("ticket", "reinit", "random_sparse"):
+            accuracy = row[branch]["test_accuracy_at_early_stop"]
+            assert accuracy["n"] == 2 and accuracy["min"] <= accuracy["mean"] <= accuracy["max"]
+    per_seed = [json.loads((workdir / f"seed_{s}" / paths.round_metrics(2, "reinit")).read_text()) for s in (0, 1)]
+    assert summary["rounds"][2]["reinit"]["early_stop_iteration"]["mean"] == sum(m["early_stop_iteration"] for m in per_seed) / 2
+    assert paths.replicates_figure().read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(replicates.ReplicateError, match="seed 0: round 3 has no results"):
+        replicates.measurements(make_hp(seed=0, rounds=hparams.rounds_section(3), **{"controls.run": ["reinit", "random_sparse"]}))
+
+
+def test_oneshot_prunes_the_dense_network_to_each_rounds_sparsity(workdir, make_hp):
+    hp = make_hp(**{"prune.schedule": "oneshot"})
+    run_lineage(hp)
+    dense, _ = checkpoints.load_model(paths.trained_weights(0))
+    expected = pruning.prune(hp.prune, dense, masks.ones(dense), seed=0, rounds=2)
+    mask = torch.load(paths.mask(2), weights_only=True)
+    assert all(torch.equal(mask[k], expected[k]) for k in mask)
+    assert mask["layers.1.weight"].float().mean().item() == pytest.approx(0.64, abs=1e-4)
+
+
 def test_an_unreachable_tracking_server_costs_a_warning_not_the_outputs(workdir, make_hp, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
     hp = make_hp(**{"rounds": {"1": {"prev": 0}}})
@@ -140,16 +196,40 @@ def test_an_unreachable_tracking_server_costs_a_warning_not_the_outputs(workdir,
     assert paths.summary().exists()
 
 
+def metrics(round_, remaining, accuracy, early_stop):
+    return {"round": round_, "weights_remaining": remaining, "test_accuracy_at_early_stop": accuracy,
+            "early_stop_iteration": early_stop, "final_test_accuracy": accuracy}
+
+
 def test_summary_names_the_smallest_ticket_within_tolerance():
-    rounds = [
-        {"round": 0, "weights_remaining": 1.0, "test_accuracy_at_early_stop": 0.980, "early_stop_iteration": 900, "final_test_accuracy": 0.978},
-        {"round": 1, "weights_remaining": 0.5, "test_accuracy_at_early_stop": 0.982, "early_stop_iteration": 700, "final_test_accuracy": 0.98},
-        {"round": 2, "weights_remaining": 0.25, "test_accuracy_at_early_stop": 0.976, "early_stop_iteration": 800, "final_test_accuracy": 0.97},
-        {"round": 3, "weights_remaining": 0.125, "test_accuracy_at_early_stop": 0.960, "early_stop_iteration": 1200, "final_test_accuracy": 0.95},
-    ]
-    assert report.summarize(rounds, tolerance=0.005)["smallest_matching_ticket"]["round"] == 2
-    assert report.summarize(rounds, tolerance=0.001)["smallest_matching_ticket"]["round"] == 1
-    assert report.summarize(rounds[:1] + rounds[3:], tolerance=0.001)["smallest_matching_ticket"] is None
-    csv_text = report.rounds_csv(rounds)
-    assert csv_text.splitlines()[0].endswith("percent_remaining")
-    assert csv_text.splitlines()[3].endswith(",25.0")
+    ticket = {
+        0: [metrics(0, 1.0, 0.980, 900)],
+        1: [metrics(1, 0.5, 0.982, 700)],
+        2: [metrics(2, 0.25, 0.976, 800)],
+        3: [metrics(3, 0.125, 0.960, 1200)],
+    }
+    assert report.summarize({"ticket": ticket}, tolerance=0.005)["smallest_matching_ticket"]["round"] == 2
+    assert report.summarize({"ticket": ticket}, tolerance=0.001)["smallest_matching_ticket"]["round"] == 1
+    no_match = {0: ticket[0], 3: ticket[3]}
+    assert report.summarize({"ticket": no_match}, tolerance=0.001)["smallest_matching_ticket"] is None
+    csv_lines = report.rounds_csv(report.summarize({"ticket": ticket}, tolerance=0.005)).splitlines()
+    assert csv_lines[0].startswith("round,weights_remaining,percent_remaining,ticket_test_accuracy_at_early_stop,")
+    assert csv_lines[3].startswith("2,0.25,25.0,0.976,")
+
+
+def test_verdict_over_seeds_uses_means_of_accuracy_and_early_stop():
+    ticket = {
+        0: [metrics(0, 1.0, 0.980, 1000), metrics(0, 1.0, 0.970, 800)],  # dense: 0.975, 900
+        1: [metrics(1, 0.5, 0.990, 600), metrics(1, 0.5, 0.962, 1100)],  # 0.976, 850: wins
+        2: [metrics(2, 0.25, 0.985, 700), metrics(2, 0.25, 0.975, 1200)],  # 0.98, 950: stops later
+        3: [metrics(3, 0.125, 0.960, 500), metrics(3, 0.125, 0.970, 500)],  # 0.965: less accurate
+    }
+    reinit = {r: [metrics(r, 0.5 ** r, 0.95, 2000)] * 2 for r in (1, 2, 3)}
+    summary = report.summarize({"ticket": ticket, "reinit": reinit}, tolerance=0.0)
+    assert [r.get("winning_ticket") for r in summary["rounds"]] == [None, True, False, False]
+    round_1 = summary["rounds"][1]["ticket"]["test_accuracy_at_early_stop"]
+    assert round_1 == {"mean": pytest.approx(0.976), "min": 0.962, "max": 0.990, "n": 2}
+    assert summary["rounds"][2]["reinit"]["early_stop_iteration"]["mean"] == 2000
+    assert summary["seeds"] == 2
+    table = report.format_table(summary)
+    assert "| 1 | 50.0% | 97.60% / 850 | 95.00% / 2000 | yes |" in table

@@ -24,5 +24,5 @@ def build(name, input_shape, num_classes, seed):
     return model
 
 
-for _module in ("lenet", "conv"):
+for _module in ("lenet", "conv", "vgg", "resnet"):
     importlib.import_module(f"lottery.models.{_module}")

@@ -27,13 +27,18 @@ def layer_rates(model, prune_hp):
     return {name: by_kind[kind] for name, kind in model.prunable_kinds().items()}
 
 
-def prune(prune_hp, model, mask, seed):
-    """One round: the new mask. Pruned weights stay pruned; only kept weights compete."""
+def prune(prune_hp, model, mask, seed, rounds=1):
+    """The new mask after `rounds` rounds' worth of pruning in one step (1 for iterative pruning;
+    r for a one-shot ticket at round r's sparsity). Pruned weights stay pruned."""
     scores = REGISTRY[prune_hp.strategy](model, mask, torch.Generator().manual_seed(seed))
     if prune_hp.scope == "global":
-        return _prune_global(scores, mask, prune_hp.rate)
+        return _prune_global(scores, mask, _compound(prune_hp.rate, rounds))
     rates = layer_rates(model, prune_hp)
-    return {name: _prune_lowest(scores[name], keep, rates[name]) for name, keep in mask.items()}
+    return {name: _prune_lowest(scores[name], keep, _compound(rates[name], rounds)) for name, keep in mask.items()}
+
+
+def _compound(rate, rounds):
+    return 1 - (1 - rate) ** rounds
 
 
 def _prune_lowest(score, keep, rate):
