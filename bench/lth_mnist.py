@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lottery import hparams, paths, pipeline, replicates, report  # noqa: E402
+from lottery import hparams, paths, pipeline, replicates, report, tracking  # noqa: E402
 from lottery.io import write_json, write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -84,6 +84,8 @@ def main():
         return one_seed(args)
 
     args.workdir.mkdir(parents=True, exist_ok=True)
+    hp = bench_params(args.seeds[0], args.iterations, args.rounds)
+    tracking.Lineage(hp)  # create the SQLite store first: two processes migrating it at once collide
     start = time.perf_counter()
     common = ["--iterations", str(args.iterations), "--rounds", str(args.rounds), "--workdir", str(args.workdir)]
     workers = [subprocess.Popen([sys.executable, __file__, "--seed", str(seed), *common]) for seed in args.seeds]
@@ -91,7 +93,6 @@ def main():
         sys.exit("error: a seed's lineage failed (see its output above)")
     minutes = (time.perf_counter() - start) / 60
 
-    hp = bench_params(args.seeds[0], args.iterations, args.rounds)
     os.chdir(args.workdir)
     summary = replicates.summarize(hp)
     summary["benchmark"] = {"iterations_per_round": args.iterations, "seeds": args.seeds, "minutes": minutes}
