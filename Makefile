@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON := $(abspath $(VENV))/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: repro test venv rounds paper bench clean
+.PHONY: repro test venv rounds replicates bench clean
 
 repro: $(VENV)/.installed
 	dvc repro
@@ -24,9 +24,16 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 rounds: $(VENV)/.installed
 	$(PYTHON) -m lottery rounds $(N)
 
+# Replicates: one DVC experiment per seed, then the aggregate over seeds: `make replicates SEEDS="0 1 2"`.
+SEEDS ?= 0 1
+replicates: $(VENV)/.installed
+	for seed in $(SEEDS); do dvc exp run -S seed=$$seed || exit 1; done
+	$(PYTHON) -m lottery replicates
+
 bench: $(VENV)/.installed
 	$(PYTHON) bench/train_speed.py
 	$(PYTHON) bench/repro_time.py
+	$(PYTHON) bench/lth_mnist.py
 
 clean:
 	rm -rf models metrics/rounds plots/curves mlflow.db mlruns
