@@ -44,19 +44,6 @@ def bench_params(seed, iterations, rounds):
     return hparams.from_dict(raw)
 
 
-def run_lineage(hp):
-    pipeline.init(hp)
-    pipeline.train_dense(hp)
-    for round_ in range(1, hp.rounds + 1):
-        pipeline.prune(hp, round_)
-        pipeline.rewind(hp, round_)
-        pipeline.retrain(hp, round_)
-        pipeline.evaluate(hp, round_)
-        for control in hp.controls.run:
-            pipeline.control(hp, round_, control)
-        print(f"seed {hp.seed}: round {round_} done", flush=True)
-
-
 def one_seed(args):
     import torch
 
@@ -67,7 +54,7 @@ def one_seed(args):
     if not link.exists():
         link.symlink_to(ROOT / "data" / "mnist")
     os.chdir(workspace)
-    run_lineage(bench_params(args.seed, args.iterations, args.rounds))
+    pipeline.run_lineage(bench_params(args.seed, args.iterations, args.rounds))
 
 
 def main():

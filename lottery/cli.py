@@ -1,6 +1,16 @@
-"""`python -m lottery` / `lottery`: project commands that are not pipeline stages."""
+"""`lottery` (or `python -m lottery`): project commands beside the DVC stages.
+
+  lottery rounds N                 set the number of pruning rounds in params.yaml
+  lottery replicates               aggregate over seeds the lineages of params.yaml's params
+  lottery sync                     complete MLflow from this workspace's DVC outputs
+  lottery lineage list             the lineages in the tracking store
+  lottery lineage show L           one lineage's round table
+  lottery lineage diff A B         params, per-round metrics and mask overlap of two lineages
+  lottery lineage reproduce L      re-run a lineage from its commit and params; do results match?
+"""
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -9,7 +19,6 @@ import yaml
 
 from lottery import hparams, paths
 from lottery.io import write_text
-from lottery.replicates import ReplicateError
 
 
 def set_rounds(params_path, count):
@@ -27,28 +36,149 @@ def set_rounds(params_path, count):
     write_text(path, updated)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="lottery", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def table(rows, columns=None):
+    """Rows of dicts as an aligned plain-text table; floats with 4 significant decimals."""
+    columns = columns or list(rows[0]) if rows else []
+    cell = lambda v: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def format_diff(result):
+    lines = [f"a: {result['a']}", f"b: {result['b']}", ""]
+    if result["params"]:
+        lines += ["params that differ:", table([{"param": k, **v} for k, v in result["params"].items()]), ""]
+    else:
+        lines += ["params: identical", ""]
+    metric_rows = [
+        {"round": r["round"], "metric": key, **values} for r in result["rounds"] for key, values in r["metrics"].items()
+    ]
+    lines += ["metrics per round (delta = b - a):", table(metric_rows), ""]
+    overlap_rows = [
+        {"round": r["round"], "layer": layer, **values}
+        for r in result["rounds"]
+        for layer, values in (r["masks"] or {}).items()
+    ]
+    unreachable = [r["round"] for r in result["rounds"] if r["masks"] is None]
+    lines += ["mask overlap per round and layer:", table(overlap_rows) if overlap_rows else "(no masks reachable)"]
+    if unreachable:
+        lines.append(f"masks not reachable for rounds {unreachable}")
+    for side in ("a", "b"):
+        if result[f"rounds_only_in_{side}"]:
+            lines.append(f"rounds only in {side}: {result[f'rounds_only_in_{side}']}")
+    return "\n".join(lines)
+
+
+def _store(args):
+    from lottery import lineage, tracking
+
+    hp = hparams.load(args.params)
+    return lineage.Store(args.uri or tracking.tracking_uri(hp.tracking), args.experiment or hp.tracking.experiment)
+
+
+def _emit(args, data, text):
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def cmd_rounds(args):
+    set_rounds(args.params, args.count)
+    print(f"{args.params}: {args.count} rounds")
+
+
+def cmd_replicates(args):
+    from lottery import replicates, report
+
+    summary = replicates.summarize(hparams.load(args.params))
+    print(report.format_table(summary))
+    print(f"{summary['seeds']} seeds; {paths.replicates_summary()}, {paths.replicates_figure()}")
+
+
+def cmd_sync(args):
+    from lottery import pipeline
+
+    round_runs = pipeline.sync(hparams.load(args.params))
+    print(f"synced {len(round_runs)} rounds; run ids in {paths.lineage_file()}")
+
+
+def cmd_list(args):
+    from lottery import lineage
+
+    store = _store(args)
+    rows = [lineage.summary_row(store.load(parent)) for parent in store.parents()]
+    _emit(args, rows, table(rows) if rows else "no lineages")
+
+
+def cmd_show(args):
+    from lottery import lineage
+
+    found = _store(args).find(args.lineage)
+    rows = lineage.round_table(found)
+    _emit(args, {"lineage": lineage.summary_row(found), "rounds": rows}, f"{found.name}\n{table(rows)}")
+
+
+def cmd_diff(args):
+    from lottery import lineage
+
+    store = _store(args)
+    result = lineage.diff(store, store.find(args.a), store.find(args.b))
+    result["differs"] = lineage.differs(result)
+    _emit(args, result, format_diff(result) + f"\n\n{'lineages differ' if result['differs'] else 'no differences'}")
+
+
+def cmd_reproduce(args):
+    from lottery import lineage
+
+    store = _store(args)
+    result = lineage.reproduce(store, store.find(args.lineage), Path.cwd(), keep=args.keep)
+    mismatches = [c for c in result["checks"] if not c["match"]]
+    verdict = "reproduced: every metric and mask hash matches" if result["match"] else "MISMATCH"
+    _emit(args, result, (table(mismatches) + "\n" if mismatches else "") + verdict)
+    if not result["match"]:
+        sys.exit(1)
+
+
+def parser():
+    main = argparse.ArgumentParser(prog="lottery", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    main.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    commands = main.add_subparsers(dest="command", required=True)
     rounds = commands.add_parser("rounds", help="set the number of pruning rounds in params.yaml")
     rounds.add_argument("count", type=int)
-    rounds.add_argument("--params", default="params.yaml")
-    replicates = commands.add_parser(
-        "replicates", help="aggregate over seeds the lineages that differ from params.yaml's in the seed alone"
+    rounds.set_defaults(handler=cmd_rounds)
+    commands.add_parser("replicates", help="aggregate lineages that differ in seed alone").set_defaults(handler=cmd_replicates)
+    commands.add_parser("sync", help="complete MLflow from the DVC outputs here").set_defaults(handler=cmd_sync)
+    lineage = commands.add_parser("lineage", help="list, show, diff and reproduce lineages").add_subparsers(
+        dest="action", required=True
     )
-    replicates.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "rounds":
-            set_rounds(args.params, args.count)
-            print(f"{args.params}: {args.count} rounds")
-        else:
-            from lottery import replicates as replicates_module, report
+    actions = {
+        "list": (cmd_list, []),
+        "show": (cmd_show, ["lineage"]),
+        "diff": (cmd_diff, ["a", "b"]),
+        "reproduce": (cmd_reproduce, ["lineage"]),
+    }
+    for action, (handler, positional) in actions.items():
+        sub = lineage.add_parser(action)
+        for name in positional:
+            sub.add_argument(name, help="parent run id, DVC experiment name, run name or lineage hash prefix")
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+        sub.add_argument("--uri", help="tracking URI (default: params' tracking.uri or $MLFLOW_TRACKING_URI)")
+        sub.add_argument("--experiment", help="MLflow experiment (default: params' tracking.experiment)")
+        if action == "reproduce":
+            sub.add_argument("--keep", action="store_true", help="keep the worktree and its outputs")
+        sub.set_defaults(handler=handler)
+    return main
 
-            summary = replicates_module.summarize(hparams.load(args.params))
-            print(report.format_table(summary))
-            print(f"{summary['seeds']} seeds; {paths.replicates_summary()}, {paths.replicates_figure()}")
-    except (hparams.ParamsError, ReplicateError) as err:
+
+def main(argv=None):
+    from lottery.lineage import LineageError
+    from lottery.replicates import ReplicateError
+
+    args = parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (hparams.ParamsError, ReplicateError, LineageError) as err:
         sys.exit(f"error: {err}")
 
 

@@ -12,16 +12,10 @@ import hashlib
 import torch
 
 from lottery import masks, models
+from lottery.registry import Registry
 
-REGISTRY = {}
-
-
-def register(name):
-    def add(build):
-        REGISTRY[name] = build
-        return build
-
-    return add
+REGISTRY = Registry()
+register = REGISTRY.register
 
 
 def control_seed(seed, control, round_):

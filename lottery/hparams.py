@@ -135,6 +135,7 @@ class ControlsHparams:
 class TrackingHparams:
     experiment: str  # MLflow experiment name
     uri: str  # '' = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the project root
+    registered_model: str  # Model Registry name for the smallest matching ticket; '' = do not register
 
     def check(self):
         if not self.experiment:

@@ -1,5 +1,7 @@
 """Masks: a dict of 0/1 tensors keyed by parameter name, validated against the model on load."""
 
+import hashlib
+
 import torch
 
 from lottery.io import atomic_path
@@ -43,6 +45,16 @@ def apply(model, mask):
     with torch.no_grad():
         for name, keep in mask.items():
             params[name].mul_(keep.to(params[name].device))
+
+
+def digest(mask):
+    """sha256 of the mask's names, shapes and bits: equal masks hash equal, however they were saved."""
+    hasher = hashlib.sha256()
+    for name in sorted(mask):
+        keep = mask[name].cpu().contiguous()
+        hasher.update(f"{name}:{tuple(keep.shape)}:".encode())
+        hasher.update(keep.numpy().tobytes())
+    return hasher.hexdigest()
 
 
 def weights_remaining(mask):

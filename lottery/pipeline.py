@@ -3,6 +3,8 @@
 Stage scripts only parse arguments and call these; tests call them without DVC.
 """
 
+import torch
+
 from lottery import checkpoints, controls, data, masks, models, paths, pruning, report, tracking, training
 from lottery.io import read_json, write_json, write_text
 
@@ -121,35 +123,83 @@ def evaluate(hp, round_, splits=None, control=None):
     with tracking.round_run(hp, round_, stage, control=control) as run:
         tracking.publish_metrics(paths.round_metrics(round_, control), metrics, run)
         tracking.guarded(run.log_curve, log["curve"])
+        tracking.guarded(run.log, tags={tracking.MASK_DIGEST_TAG: masks.digest(mask)})
 
 
 def summarize(hp):
-    """All rounds and controls in one table and figure; the lineage in MLflow completed from DVC outputs."""
-    branches = [(round_, None) for round_ in range(hp.rounds + 1)]
-    branches += [(round_, name) for round_ in range(1, hp.rounds + 1) for name in hp.controls.run]
-    metrics = {branch: read_json(paths.round_metrics(*branch)) for branch in branches}
+    """All rounds and controls in one table and figure; the lineage in MLflow completed from DVC
+    outputs; the smallest matching ticket registered as a model."""
     measurements = {}
-    for (round_, name), values in metrics.items():
-        measurements.setdefault(name or report.TICKET, {})[round_] = [values]
+    for round_, name in branches(hp):
+        measurements.setdefault(name or report.TICKET, {})[round_] = [read_json(paths.round_metrics(round_, name))]
     summary = report.summarize(measurements, hp.report.tolerance)
     write_json(paths.summary(), summary)
     write_text(paths.rounds_plot_data(), report.rounds_csv(summary))
     report.figure(summary, paths.rounds_figure())
+    sync(hp, stage="report")
+    ticket = summary["smallest_matching_ticket"]
+    if hp.tracking.registered_model and ticket:
+        model, _ = checkpoints.load_model(paths.trained_weights(ticket["round"]))
+        tracking.guarded(tracking.register_ticket, hp, model, ticket["round"])
+    print(report.format_table(summary))
+
+
+def sync(hp, stage="sync"):
+    """Complete the lineage's MLflow runs from the DVC outputs in the workspace.
+
+    Idempotent: a run is created only when missing, and results and artifacts are logged only
+    where absent, so it can run after every stage restored from DVC's cache or any tracking outage.
+    """
     round_run_ids = {}
-    for (round_, name), values in metrics.items():
-        with tracking.round_run(hp, round_, "report", control=name) as run:
-            if not tracking.guarded(run.has_results):
-                tracking.guarded(run.log, metrics=dict(tracking.numeric_metrics(values)))
-                tracking.guarded(run.log_curve, report.read_curve_csv(paths.curve_plot_data(round_, name)))
+    for round_, name in branches(hp):
+        if not paths.round_metrics(round_, name).exists():
+            continue
+        with tracking.round_run(hp, round_, stage, control=name) as run:
+            tracking.guarded(_complete_run, run, round_, name)
             if name is None:
                 round_run_ids[round_] = run.run_id
     with tracking.parent_run(hp) as run:
-        smallest = {"smallest_matching_ticket": summary["smallest_matching_ticket"] or {}}
-        tracking.guarded(run.log, metrics=dict(tracking.numeric_metrics(smallest)))
-        tracking.guarded(run.log_artifact, paths.rounds_figure())
-        tracking.guarded(run.log_artifact, paths.summary())
+        if paths.summary().exists():
+            smallest = {"smallest_matching_ticket": read_json(paths.summary())["smallest_matching_ticket"] or {}}
+            tracking.guarded(run.log, metrics=dict(tracking.numeric_metrics(smallest)))
+        for artifact in (paths.rounds_figure(), paths.summary()):
+            if artifact.exists():
+                tracking.guarded(run.log_artifact_once, artifact)
         tracking.write_lineage_file(paths.lineage_file(), run.run_id, round_run_ids, hp)
-    print(report.format_table(summary))
+    return round_run_ids
+
+
+def branches(hp):
+    """(round, control) of every branch in params: the ticket's rounds (control None), then controls."""
+    ticket = [(round_, None) for round_ in range(hp.rounds + 1)]
+    return ticket + [(round_, name) for round_ in range(1, hp.rounds + 1) for name in hp.controls.run]
+
+
+def _complete_run(run, round_, name):
+    if not run.has_results():
+        run.log(metrics=dict(tracking.numeric_metrics(read_json(paths.round_metrics(round_, name)))))
+        run.log_curve(report.read_curve_csv(paths.curve_plot_data(round_, name)))
+    artifacts = [paths.mask(round_, name)] + ([paths.sparsity_report(round_)] if round_ and not name else [])
+    for artifact in artifacts:
+        if artifact.exists():
+            run.log_artifact_once(artifact)
+    if paths.mask(round_, name).exists():
+        mask = torch.load(paths.mask(round_, name), weights_only=True)
+        run.log(tags={tracking.MASK_DIGEST_TAG: masks.digest(mask)})
+
+
+def run_lineage(hp):
+    """Every stage of the lineage in-process, in the order `dvc repro` runs them, without DVC."""
+    init(hp)
+    train_dense(hp)
+    for round_ in range(1, hp.rounds + 1):
+        prune(hp, round_)
+        rewind(hp, round_)
+        retrain(hp, round_)
+        evaluate(hp, round_)
+        for name in hp.controls.run:
+            control(hp, round_, name)
+    summarize(hp)
 
 
 def check_pruned_weights_are_zero(model, mask):

@@ -10,6 +10,9 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
 
 from lottery import io
 
@@ -19,6 +22,8 @@ ROUND_TAG = "lottery.round"
 KIND_TAG = "lottery.kind"
 CONTROL_TAG = "lottery.control"
 REPLICATE_TAG = "lottery.replicate_group"
+MASK_DIGEST_TAG = "lottery.mask_sha256"
+PARAMS_ARTIFACT = "params.yaml"
 # A final metric every round's run carries once its results are logged.
 COMPLETE_METRIC = "test_accuracy_at_early_stop"
 
@@ -73,6 +78,8 @@ class Lineage:
         run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
         if identity[KIND_TAG] == "lineage":
             self._log(run_id, params=flatten(self.hp.raw))
+            # The exact params, typed, so `lottery lineage reproduce` can run them again.
+            self.client.log_text(run_id, yaml.safe_dump(self.hp.raw, sort_keys=False), PARAMS_ARTIFACT)
         return run_id
 
     def _parent_tags(self):
@@ -132,6 +139,12 @@ class RoundRun:
 
     def log_artifact(self, path):
         self.lineage.client.log_artifact(self.run_id, str(path))
+
+    def log_artifact_once(self, path):
+        """Log a file unless the run already holds an artifact of that name."""
+        present = {artifact.path for artifact in self.lineage.client.list_artifacts(self.run_id)}
+        if Path(path).name not in present:
+            self.log_artifact(path)
 
     def has_results(self):
         return COMPLETE_METRIC in self.lineage.client.get_run(self.run_id).data.metrics
@@ -233,6 +246,36 @@ def _now_ms():
 def _warn(err):
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     print(f"warning: MLflow tracking unavailable, results kept in DVC outputs only ({message[:200]})", file=sys.stderr)
+
+
+def register_ticket(hp, model, round_):
+    """Log a round's trained ticket as an MLflow model on the lineage's parent run and register it
+    in the Model Registry, tagged with its lineage, round and DVC experiment."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    lineage = Lineage(hp)
+    parent = lineage.parent_run_id()
+    mlflow.set_tracking_uri(tracking_uri(hp.tracking))
+    with mlflow.start_run(run_id=parent):
+        info = mlflow.pytorch.log_model(
+            model,
+            name=f"ticket-round-{round_}",
+            registered_model_name=hp.tracking.registered_model,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            serialization_format="pickle",  # pt2, the default, needs an input example to trace
+        )
+    version = info.registered_model_version
+    tags = {
+        LINEAGE_TAG: hp.lineage_hash,
+        ROUND_TAG: str(round_),
+        "lottery.parent_run_id": parent,
+        "lottery.dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),
+    }
+    for key, value in tags.items():
+        lineage.client.set_model_version_tag(hp.tracking.registered_model, version, key, value)
+    return version
 
 
 def write_lineage_file(path, lineage_run, round_runs, hp):

@@ -118,3 +118,22 @@ def test_an_experiment_with_another_rate_is_a_new_lineage(repo):
     new = [p for p in parents.values() if p.data.params["prune.rate"] == "0.3"]
     assert len(new) == 1 and new[0].data.tags["lottery.dvc_experiment"] == "rate-0.3"
     assert children[new[0].info.run_id] == [0, 1, 2]  # round 0 restored from cache, filled in by report
+
+
+def test_a_lineage_is_reproduced_from_its_commit_and_params(repo):
+    out = sh(repo, sys.executable, "-m", "lottery", "lineage", "reproduce", "rate-0.3", "--json")
+    result = json.loads(out)
+    assert result["match"] is True
+    checked = {(c["round"], c["what"]) for c in result["checks"]}
+    assert {(2, "mask_sha256"), (2, "test_accuracy_at_early_stop"), (0, "early_stop_iteration")} <= checked
+    assert "lottery-reproduce-" not in sh(repo, "git", "worktree", "list")  # removed after the run
+
+
+def test_lineage_diff_between_the_baseline_and_the_experiment(repo):
+    out = json.loads(sh(repo, sys.executable, "-m", "lottery", "lineage", "diff", "rate-0.3", "rate-0.3", "--json"))
+    assert out["differs"] is False
+    rows = json.loads(sh(repo, sys.executable, "-m", "lottery", "lineage", "list", "--json"))
+    baseline = next(r["parent_run_id"] for r in rows if r["prune.rate"] == "0.2")
+    out = json.loads(sh(repo, sys.executable, "-m", "lottery", "lineage", "diff", baseline, "rate-0.3", "--json"))
+    assert list(out["params"]) == ["prune.rate"]
+    assert out["rounds"][1]["masks"]["layers.1.weight"]["jaccard"] < 1

@@ -4,23 +4,11 @@ import hashlib
 import json
 
 import mlflow
+import mlflow.pytorch
 import pytest
 import torch
 
 from lottery import checkpoints, hparams, masks, paths, pipeline, pruning, report
-
-
-def run_lineage(hp):
-    pipeline.init(hp)
-    pipeline.train_dense(hp)
-    for round_ in range(1, hp.rounds + 1):
-        pipeline.prune(hp, round_)
-        pipeline.rewind(hp, round_)
-        pipeline.retrain(hp, round_)
-        pipeline.evaluate(hp, round_)
-        for control in hp.controls.run:
-            pipeline.control(hp, round_, control)
-    pipeline.summarize(hp)
 
 
 def fingerprint():
@@ -34,7 +22,7 @@ def fingerprint():
 @pytest.fixture
 def lineage(workdir, make_hp):
     hp = make_hp()
-    run_lineage(hp)
+    pipeline.run_lineage(hp)
     return hp
 
 
@@ -63,7 +51,7 @@ def test_rewind_restores_theta0_exactly_on_surviving_weights(lineage):
 
 def test_late_rewinding_starts_from_the_dense_weights_at_k(workdir, make_hp):
     hp = make_hp(**{"rewind.iteration": 20, "rounds": {"1": {"prev": 0}}})
-    run_lineage(hp)
+    pipeline.run_lineage(hp)
     point = checkpoints.load(paths.rewind_point())
     theta0 = checkpoints.load(paths.init_checkpoint())["state_dict"]
     assert point["iteration"] == 20
@@ -77,13 +65,13 @@ def test_late_rewinding_starts_from_the_dense_weights_at_k(workdir, make_hp):
 
 def test_same_params_and_seed_give_identical_masks_and_metrics(workdir, make_hp, monkeypatch):
     hp = make_hp()
-    run_lineage(hp)
+    pipeline.run_lineage(hp)
     first = fingerprint()
     second_dir = workdir / "again"
     second_dir.mkdir()
     (second_dir / "data").symlink_to(workdir / "data")
     monkeypatch.chdir(second_dir)
-    run_lineage(hp)
+    pipeline.run_lineage(hp)
     assert fingerprint() == first
     assert len(first[0]) == hp.rounds + 1
 
@@ -113,6 +101,19 @@ def test_mlflow_holds_one_parent_and_one_child_per_round_with_the_file_metrics(l
     assert lineage_file["round_run_ids"] == {str(r): run.info.run_id for r, run in children.items()}
 
 
+def test_report_registers_the_smallest_matching_ticket(workdir, make_hp):
+    hp = make_hp(**{"tracking.registered_model": "tiny-ticket", "report.tolerance": 1.0})
+    pipeline.run_lineage(hp)
+    client = mlflow.tracking.MlflowClient()
+    (version,) = client.search_model_versions("name = 'tiny-ticket'")
+    summary = json.loads(paths.summary().read_text())
+    assert version.tags["lottery.round"] == str(summary["smallest_matching_ticket"]["round"]) == "2"
+    assert version.tags["lottery.lineage"] == hp.lineage_hash
+    model = mlflow.pytorch.load_model(f"models:/tiny-ticket/{version.version}")
+    trained, _ = checkpoints.load_model(paths.trained_weights(2))
+    assert all(torch.equal(model.state_dict()[k], trained.state_dict()[k]) for k in trained.state_dict())
+
+
 def test_rerunning_stages_reuses_the_lineage_runs(lineage):
     pipeline.evaluate(lineage, 1)
     pipeline.summarize(lineage)
@@ -134,7 +135,7 @@ def test_report_fills_in_rounds_that_mlflow_missed(lineage):
 
 def test_controls_run_as_nested_branches_of_each_round(workdir, make_hp):
     hp = make_hp(**{"controls.run": ["reinit", "random_sparse"]})
-    run_lineage(hp)
+    pipeline.run_lineage(hp)
     runs = mlflow.search_runs(experiment_names=[hp.tracking.experiment], output_format="list")
     rounds = {r.data.tags["lottery.round"]: r.info.run_id for r in runs if r.data.tags.get("lottery.kind") == "round"}
     branches = [r for r in runs if r.data.tags.get("lottery.kind") == "control"]
@@ -161,7 +162,7 @@ def test_replicates_aggregate_two_seeds_with_their_controls(workdir, make_hp, mo
         seed_dir.mkdir()
         (seed_dir / "data").symlink_to(workdir / "data")
         monkeypatch.chdir(seed_dir)
-        run_lineage(make_hp(seed=seed, **{"controls.run": ["reinit", "random_sparse"]}))
+        pipeline.run_lineage(make_hp(seed=seed, **{"controls.run": ["reinit", "random_sparse"]}))
     hp = make_hp(seed=0, **{"controls.run": ["reinit", "random_sparse"]})
     summary = replicates.summarize(hp)
     assert summary["seeds"] == 2
@@ -178,7 +179,7 @@ def test_replicates_aggregate_two_seeds_with_their_controls(workdir, make_hp, mo
 
 def test_oneshot_prunes_the_dense_network_to_each_rounds_sparsity(workdir, make_hp):
     hp = make_hp(**{"prune.schedule": "oneshot"})
-    run_lineage(hp)
+    pipeline.run_lineage(hp)
     dense, _ = checkpoints.load_model(paths.trained_weights(0))
     expected = pruning.prune(hp.prune, dense, masks.ones(dense), seed=0, rounds=2)
     mask = torch.load(paths.mask(2), weights_only=True)
@@ -189,7 +190,7 @@ def test_oneshot_prunes_the_dense_network_to_each_rounds_sparsity(workdir, make_
 def test_an_unreachable_tracking_server_costs_a_warning_not_the_outputs(workdir, make_hp, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
     hp = make_hp(**{"rounds": {"1": {"prev": 0}}})
-    run_lineage(hp)
+    pipeline.run_lineage(hp)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: MLflow")]
     assert warnings and all("results kept in DVC outputs" in line for line in warnings)
     assert json.loads(paths.round_metrics(1).read_text())["round"] == 1

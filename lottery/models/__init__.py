@@ -4,15 +4,10 @@ import importlib
 
 import torch
 
-REGISTRY = {}
+from lottery.registry import Registry
 
-
-def register(name):
-    def add(cls):
-        REGISTRY[name] = cls
-        return cls
-
-    return add
+REGISTRY = Registry()
+register = REGISTRY.register
 
 
 def build(name, input_shape, num_classes, seed):

@@ -8,15 +8,10 @@ import importlib
 
 import torch
 
-REGISTRY = {}
+from lottery.registry import Registry
 
-
-def register(name):
-    def add(score):
-        REGISTRY[name] = score
-        return score
-
-    return add
+REGISTRY = Registry()
+register = REGISTRY.register
 
 
 def layer_rates(model, prune_hp):

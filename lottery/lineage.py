@@ -1,0 +1,244 @@
+"""Lineages in the MLflow store: list them, show one round by round, diff two, reproduce one.
+
+A lineage is named by its parent run id, its DVC experiment name, its run name, or a prefix
+(at least 6 characters) of its parent run id or lineage hash.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lottery import hparams, masks, paths, tracking
+from lottery.io import read_json
+
+ROUND_METRICS = ("weights_remaining", "test_accuracy_at_early_stop", "early_stop_iteration", "final_test_accuracy")
+KEY_PARAMS = ("model.name", "data.dataset", "prune.strategy", "prune.rate", "rewind.iteration", "seed")
+
+
+class LineageError(RuntimeError):
+    """A lineage that cannot be found, or cannot be compared or reproduced."""
+
+
+@dataclass
+class Lineage:
+    parent: object  # the MLflow parent Run
+    branches: dict  # (round, control or None) -> Run
+
+    @property
+    def name(self):
+        return self.parent.data.tags.get("mlflow.runName", self.parent.info.run_id)
+
+    @property
+    def rounds(self):
+        return sorted(r for r, control in self.branches if control is None)
+
+    def metrics(self, round_, control=None):
+        run = self.branches.get((round_, control))
+        return {key: run.data.metrics.get(key) for key in ROUND_METRICS} if run else None
+
+
+class Store:
+    """Read access to one MLflow experiment's lineages."""
+
+    def __init__(self, uri, experiment):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            raise LineageError(f"no MLflow experiment {experiment!r} at {uri}")
+        self.experiment_id = found.experiment_id
+
+    def _search(self, condition):
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=condition, max_results=1000, page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def parents(self):
+        return self._search(f"tags.`{tracking.KIND_TAG}` = 'lineage'")
+
+    def find(self, name):
+        """The lineage named `name` (see the module docstring); a clear error if none or several."""
+        matches = [
+            parent
+            for parent in self.parents()
+            if name
+            in (
+                parent.info.run_id,
+                parent.data.tags.get("mlflow.runName"),
+                parent.data.tags.get("lottery.dvc_experiment"),
+            )
+            or (
+                len(name) >= 6
+                and (parent.info.run_id.startswith(name) or parent.data.tags.get(tracking.LINEAGE_TAG, "").startswith(name))
+            )
+        ]
+        if not matches:
+            raise LineageError(f"{name!r}: no lineage has that run id, DVC experiment, run name or hash")
+        if len(matches) > 1:
+            ids = ", ".join(p.info.run_id for p in matches)
+            raise LineageError(f"{name!r}: names {len(matches)} lineages ({ids}); use a parent run id")
+        return self.load(matches[0])
+
+    def load(self, parent):
+        runs = self._search(f"tags.`{tracking.LINEAGE_TAG}` = '{parent.data.tags[tracking.LINEAGE_TAG]}'")
+        branches = {
+            (int(run.data.tags[tracking.ROUND_TAG]), run.data.tags.get(tracking.CONTROL_TAG)): run
+            for run in runs
+            if tracking.ROUND_TAG in run.data.tags
+        }
+        return Lineage(parent=parent, branches=branches)
+
+    def mask(self, lineage, round_):
+        """The round's mask from its run's `mask.pt` artifact, or None if the run has none."""
+        run = lineage.branches.get((round_, None))
+        if run is None or "mask.pt" not in {a.path for a in self.client.list_artifacts(run.info.run_id)}:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.client.download_artifacts(run.info.run_id, "mask.pt", tmp)
+            return torch.load(local, weights_only=True)
+
+
+def summary_row(lineage):
+    """What `lineage list` shows of a lineage."""
+    tags, params = lineage.parent.data.tags, lineage.parent.data.params
+    last = lineage.rounds[-1] if lineage.rounds else None
+    final = lineage.metrics(last) if last is not None else {}
+    return {
+        "parent_run_id": lineage.parent.info.run_id,
+        "name": lineage.name,
+        "dvc_experiment": tags.get("lottery.dvc_experiment", ""),
+        "git_commit": tags.get("lottery.git_commit", "")[:10],
+        **{key: params.get(key) for key in KEY_PARAMS},
+        "rounds": last,
+        "weights_remaining": final.get("weights_remaining"),
+        "test_accuracy_at_early_stop": final.get("test_accuracy_at_early_stop"),
+    }
+
+
+def round_table(lineage):
+    """Per round: the ticket's metrics, and each control's test accuracy at early stop."""
+    controls = sorted({control for _, control in lineage.branches if control})
+    rows = []
+    for round_ in lineage.rounds:
+        row = {"round": round_, **lineage.metrics(round_)}
+        for control in controls:
+            control_metrics = lineage.metrics(round_, control)
+            row[f"{control}.test_accuracy_at_early_stop"] = (
+                control_metrics["test_accuracy_at_early_stop"] if control_metrics else None
+            )
+        rows.append(row)
+    return rows
+
+
+def mask_overlap(mask_a, mask_b):
+    """Per layer: Jaccard index of the kept weights and normalised Hamming distance of the masks."""
+    overlap = {}
+    for name in sorted(set(mask_a) & set(mask_b)):
+        a, b = mask_a[name].bool(), mask_b[name].bool()
+        if a.shape != b.shape:
+            continue
+        union = int((a | b).sum())
+        overlap[name] = {
+            "jaccard": int((a & b).sum()) / union if union else 1.0,
+            "hamming": int((a ^ b).sum()) / a.numel(),
+        }
+    return overlap
+
+
+def diff(store, a, b):
+    """Params that differ; per round, metrics side by side with deltas and per-layer mask overlap."""
+    params_a, params_b = a.parent.data.params, b.parent.data.params
+    params = {
+        key: {"a": params_a.get(key), "b": params_b.get(key)}
+        for key in sorted(set(params_a) | set(params_b))
+        if params_a.get(key) != params_b.get(key)
+    }
+    rounds = []
+    for round_ in sorted(set(a.rounds) & set(b.rounds)):
+        metrics_a, metrics_b = a.metrics(round_), b.metrics(round_)
+        row = {"round": round_, "metrics": {}}
+        for key in ROUND_METRICS:
+            va, vb = metrics_a[key], metrics_b[key]
+            row["metrics"][key] = {"a": va, "b": vb, "delta": None if va is None or vb is None else vb - va}
+        mask_a, mask_b = store.mask(a, round_), store.mask(b, round_)
+        row["masks"] = mask_overlap(mask_a, mask_b) if mask_a is not None and mask_b is not None else None
+        rounds.append(row)
+    return {
+        "a": a.parent.info.run_id,
+        "b": b.parent.info.run_id,
+        "params": params,
+        "rounds": rounds,
+        "rounds_only_in_a": sorted(set(a.rounds) - set(b.rounds)),
+        "rounds_only_in_b": sorted(set(b.rounds) - set(a.rounds)),
+    }
+
+
+def differs(result):
+    """Whether a diff shows any difference at all."""
+    metric_change = any(m["delta"] for r in result["rounds"] for m in r["metrics"].values())
+    mask_change = any(o["hamming"] for r in result["rounds"] for o in (r["masks"] or {}).values())
+    return bool(result["params"] or metric_change or mask_change or result["rounds_only_in_a"] or result["rounds_only_in_b"])
+
+
+def reproduce(store, lineage, project_root, keep=False):
+    """Re-run a lineage from its git commit and exact params in a fresh worktree with `dvc repro`,
+    then compare every round's metrics and mask hash with the recorded ones."""
+    commit = lineage.parent.data.tags.get("lottery.git_commit")
+    if not commit:
+        raise LineageError(f"{lineage.name}: its runs recorded no git commit, so its code cannot be restored")
+    workdir = Path(tempfile.mkdtemp(prefix="lottery-reproduce-"))
+    worktree = workdir / "project"
+    _run(["git", "worktree", "add", "--detach", str(worktree), commit], project_root)
+    try:
+        params = store.client.download_artifacts(lineage.parent.info.run_id, tracking.PARAMS_ARTIFACT, str(workdir))
+        shutil.copyfile(params, worktree / "params.yaml")
+        hp = hparams.load(worktree / "params.yaml")
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",  # a store of its own: the original stays as it was
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": str(worktree),  # the lineage's own code, not this checkout's
+        }
+        _run(["dvc", "repro"], worktree, env=env)
+        return compare(lineage, worktree, hp) | {"workdir": str(workdir) if keep else None, "commit": commit}
+    finally:
+        if not keep:
+            _run(["git", "worktree", "remove", "--force", str(worktree)], project_root)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def compare(lineage, root, hp):
+    """Recorded vs re-computed: each round's metrics and mask hash."""
+    checks = []
+    for round_ in range(hp.rounds + 1):
+        recorded = lineage.branches.get((round_, None))
+        fresh = read_json(root / paths.round_metrics(round_))
+        for key in ROUND_METRICS:
+            expected = recorded.data.metrics.get(key) if recorded else None
+            checks.append({"round": round_, "what": key, "recorded": expected, "reproduced": fresh[key],
+                           "match": expected is not None and abs(expected - fresh[key]) <= 1e-9})
+        model_mask = torch.load(root / paths.mask(round_), weights_only=True)
+        expected = recorded.data.tags.get(tracking.MASK_DIGEST_TAG) if recorded else None
+        digest = masks.digest(model_mask)
+        checks.append({"round": round_, "what": "mask_sha256", "recorded": expected, "reproduced": digest,
+                       "match": expected == digest})
+    return {"match": all(c["match"] for c in checks), "checks": checks}
+
+
+def _run(command, cwd, env=None):
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-3:]
+        raise LineageError(f"{' '.join(command)} failed in {cwd}: {' | '.join(detail)}")
+    return result.stdout
