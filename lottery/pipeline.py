@@ -18,8 +18,7 @@ def init(hp):
     spec = data.DATASETS[hp.data.dataset]
     model = models.build(hp.model.name, spec.input_shape, spec.num_classes, seed=hp.seed)
     _save_weights(paths.init_checkpoint(), model, hp, round_=0, iteration=0, parents=[])
-    with tracking.parent_run(hp):
-        pass
+    tracking.open_lineage(hp)
 
 
 def train_dense(hp):

@@ -174,6 +174,11 @@ def round_run(hp, round_, stage, control=None):
     _finish(run)
 
 
+def open_lineage(hp):
+    """The lineage's parent run id, created if new; None (and a warning) if the store is unreachable."""
+    return guarded(lambda: Lineage(hp).parent_run_id())
+
+
 @contextmanager
 def parent_run(hp):
     try:
