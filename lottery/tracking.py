@@ -254,33 +254,43 @@ def _warn(err):
 
 
 def register_ticket(hp, model, round_):
-    """Log a round's trained ticket as an MLflow model on the lineage's parent run and register it
-    in the Model Registry, tagged with its lineage, round and DVC experiment."""
-    import mlflow
+    """Log a round's trained ticket as an MLflow PyTorch model on the lineage's parent run and
+    register it in the Model Registry, tagged with its lineage, round and DVC experiment.
+
+    The model is saved with `mlflow.pytorch.save_model` and logged through this lineage's own
+    client rather than with `log_model`: `log_model` needs MLflow's process-global tracking URI
+    and active run, which would leak into whatever the calling process does next.
+    """
+    import tempfile
+
     import mlflow.pytorch
     import torch
+    from mlflow.exceptions import MlflowException
 
     lineage = Lineage(hp)
-    parent = lineage.parent_run_id()
-    mlflow.set_tracking_uri(tracking_uri(hp.tracking))
-    with mlflow.start_run(run_id=parent):
-        info = mlflow.pytorch.log_model(
+    client, parent = lineage.client, lineage.parent_run_id()
+    artifact_path = f"ticket-round-{round_}"
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.pytorch.save_model(
             model,
-            name=f"ticket-round-{round_}",
-            registered_model_name=hp.tracking.registered_model,
+            f"{tmp}/{artifact_path}",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             serialization_format="pickle",  # pt2, the default, needs an input example to trace
         )
-    version = info.registered_model_version
+        client.log_artifacts(parent, f"{tmp}/{artifact_path}", artifact_path)
+    name = hp.tracking.registered_model
+    try:
+        client.create_registered_model(name)
+    except MlflowException:  # it exists already: this ticket becomes its next version
+        pass
     tags = {
         LINEAGE_TAG: hp.lineage_hash,
         ROUND_TAG: str(round_),
         "lottery.parent_run_id": parent,
         "lottery.dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),
     }
-    for key, value in tags.items():
-        lineage.client.set_model_version_tag(hp.tracking.registered_model, version, key, value)
-    return version
+    source = f"{client.get_run(parent).info.artifact_uri}/{artifact_path}"
+    return client.create_model_version(name, source, run_id=parent, tags=tags).version
 
 
 def write_lineage_file(path, lineage_run, round_runs, hp):
