@@ -188,6 +188,12 @@ class Hparams:
                 f"({self.train.iterations})"
             )
 
+    def branches(self):
+        """(round, control) of every branch the params ask for: the ticket's rounds 0..N (control
+        None), then each control at rounds 1..N."""
+        ticket = [(round_, None) for round_ in range(self.rounds + 1)]
+        return ticket + [(round_, name) for round_ in range(1, self.rounds + 1) for name in self.controls.run]
+
     @property
     def lineage_hash(self):
         """Identity of what the lineage computes: every param but those in NOT_LINEAGE."""

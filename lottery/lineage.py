@@ -26,7 +26,9 @@ class LineageError(RuntimeError):
 
 
 @dataclass
-class Lineage:
+class LineageRecord:
+    """A lineage as the tracking store holds it: its parent run and its round and control runs."""
+
     parent: object  # the MLflow parent Run
     branches: dict  # (round, control or None) -> Run
 
@@ -64,8 +66,12 @@ class Store:
             if not token:
                 return runs
 
-    def parents(self):
-        return self._search(f"tags.`{tracking.KIND_TAG}` = 'lineage'")
+    def parents(self, replicate_group=None):
+        """Every lineage's parent run, or only those of one replicate group (same params but seed)."""
+        condition = f"tags.`{tracking.KIND_TAG}` = 'lineage'"
+        if replicate_group:
+            condition += f" and tags.`{tracking.REPLICATE_TAG}` = '{replicate_group}'"
+        return self._search(condition)
 
     def find(self, name):
         """The lineage named `name` (see the module docstring); a clear error if none or several."""
@@ -97,7 +103,7 @@ class Store:
             for run in runs
             if tracking.ROUND_TAG in run.data.tags
         }
-        return Lineage(parent=parent, branches=branches)
+        return LineageRecord(parent=parent, branches=branches)
 
     def mask(self, lineage, round_):
         """The round's mask from its run's `mask.pt` artifact, or None if the run has none."""

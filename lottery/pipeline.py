@@ -129,7 +129,7 @@ def summarize(hp):
     """All rounds and controls in one table and figure; the lineage in MLflow completed from DVC
     outputs; the smallest matching ticket registered as a model."""
     measurements = {}
-    for round_, name in branches(hp):
+    for round_, name in hp.branches():
         measurements.setdefault(name or report.TICKET, {})[round_] = [read_json(paths.round_metrics(round_, name))]
     summary = report.summarize(measurements, hp.report.tolerance)
     write_json(paths.summary(), summary)
@@ -150,7 +150,7 @@ def sync(hp, stage="sync"):
     where absent, so it can run after every stage restored from DVC's cache or any tracking outage.
     """
     round_run_ids = {}
-    for round_, name in branches(hp):
+    for round_, name in hp.branches():
         if not paths.round_metrics(round_, name).exists():
             continue
         with tracking.round_run(hp, round_, stage, control=name) as run:
@@ -166,12 +166,6 @@ def sync(hp, stage="sync"):
                 tracking.guarded(run.log_artifact_once, artifact)
         tracking.write_lineage_file(paths.lineage_file(), run.run_id, round_run_ids, hp)
     return round_run_ids
-
-
-def branches(hp):
-    """(round, control) of every branch in params: the ticket's rounds (control None), then controls."""
-    ticket = [(round_, None) for round_ in range(hp.rounds + 1)]
-    return ticket + [(round_, name) for round_ in range(1, hp.rounds + 1) for name in hp.controls.run]
 
 
 def _complete_run(run, round_, name):

@@ -15,33 +15,21 @@ class ReplicateError(RuntimeError):
 
 def measurements(hp):
     """{branch: {round: [metrics per seed]}} for the rounds and controls in `hp`, seeds in order."""
-    from mlflow.tracking import MlflowClient
+    from lottery.lineage import Store
 
-    client = MlflowClient(tracking.tracking_uri(hp.tracking))
-    experiment = client.get_experiment_by_name(hp.tracking.experiment)
-    if experiment is None:
-        raise ReplicateError(f"tracking.experiment = {hp.tracking.experiment!r}: no such MLflow experiment")
-    parents = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`{tracking.REPLICATE_TAG}` = '{hp.replicate_group}' and tags.`{tracking.KIND_TAG}` = 'lineage'",
-    )
+    store = Store(tracking.tracking_uri(hp.tracking), hp.tracking.experiment)
+    parents = store.parents(replicate_group=hp.replicate_group)
     if not parents:
         raise ReplicateError("no lineage of these params in MLflow yet: run the pipeline first")
-    by_seed = {int(p.data.tags["lottery.seed"]): p.data.tags[tracking.LINEAGE_TAG] for p in parents}
-    wanted = [(r, None) for r in range(hp.rounds + 1)] + [(r, c) for r in range(1, hp.rounds + 1) for c in hp.controls.run]
     result = {}
-    for seed, lineage in sorted(by_seed.items()):
-        runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{tracking.LINEAGE_TAG}` = '{lineage}'")
-        found = {
-            (int(run.data.tags[tracking.ROUND_TAG]), run.data.tags.get(tracking.CONTROL_TAG)): run.data.metrics
-            for run in runs
-            if tracking.ROUND_TAG in run.data.tags and tracking.COMPLETE_METRIC in run.data.metrics
-        }
-        for round_, control in wanted:
-            if (round_, control) not in found:
+    for parent in sorted(parents, key=lambda p: int(p.data.tags["lottery.seed"])):
+        seed, branches = parent.data.tags["lottery.seed"], store.load(parent).branches
+        for round_, control in hp.branches():
+            run = branches.get((round_, control))
+            if run is None or tracking.COMPLETE_METRIC not in run.data.metrics:
                 branch = f"round {round_}" + (f" control {control}" if control else "")
                 raise ReplicateError(f"seed {seed}: {branch} has no results in MLflow (run it, or `report` to fill in)")
-            result.setdefault(control or report.TICKET, {}).setdefault(round_, []).append(found[round_, control])
+            result.setdefault(control or report.TICKET, {}).setdefault(round_, []).append(run.data.metrics)
     return result
 
 

@@ -130,7 +130,8 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
             loss = F.cross_entropy(model(splits.train.x[index]), splits.train.y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            _mask_gradients(masked)
+            if masked:
+                _mask_gradients(masked)
             optimizer.step()
             bar.update(1)
     record(train_hp.iterations)
