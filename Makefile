@@ -9,8 +9,9 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 repro: $(VENV)/.installed
 	dvc repro
 
+# One worker per core; a test file stays on one worker, so a module's DVC repository is built once.
 test: $(VENV)/.installed
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n logical --dist loadfile
 
 venv: $(VENV)/.installed
 
@@ -34,6 +35,8 @@ bench: $(VENV)/.installed
 	$(PYTHON) bench/train_speed.py
 	$(PYTHON) bench/repro_time.py
 	$(PYTHON) bench/lth_mnist.py
+	$(PYTHON) bench/structured_fmnist.py
+	$(PYTHON) bench/early_bird_fmnist.py
 
 clean:
-	rm -rf models metrics/rounds plots/curves mlflow.db mlruns
+	rm -rf models metrics/rounds metrics/compression plots/curves mlflow.db mlruns

@@ -133,7 +133,7 @@ def measure(hp, state, mask, splits, iterations, repetitions):
     project_median, hand_median = statistics.median(project), statistics.median(hand)
     hand_fused_median = statistics.median(hand_fused)
     return {
-        "weights_remaining": masks.weights_remaining(mask),
+        "weights_remaining": masks.weights_remaining(mask, build(hp).prunable_kinds()),
         "project_it_per_s": project,
         "hand_it_per_s": hand,
         "project_median_it_per_s": project_median,

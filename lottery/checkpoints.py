@@ -1,22 +1,32 @@
-"""Self-describing checkpoints: weights plus what built them, loadable with weights_only=True."""
+"""Self-describing checkpoints: weights plus what built them, loadable with weights_only=True.
+
+`model` describes the architecture: the registry name, input shape, classes and width, and for a
+compact model the channels of every layer (lottery.channels.shapes). A sparse checkpoint stores
+its masked tensors as bitmask + kept values (lottery.compression.pack_state).
+"""
 
 import torch
 
-from lottery import models
+from lottery import channels, compression, models
 from lottery.io import atomic_path
 
 
-def save(path, model, *, model_name, input_shape, num_classes, round_, iteration, params, lineage, parents):
-    """`parents`: the files these weights were derived from, so any checkpoint traces its lineage."""
+def save(path, model, *, spec, round_, iteration, params, lineage, parents, sparse_mask=None):
+    """`parents`: the files these weights were derived from, so any checkpoint traces its lineage.
+    `sparse_mask`: store the masked tensors sparsely, so the file shrinks with the weights remaining."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "model": {"name": model_name, "input_shape": list(input_shape), "num_classes": num_classes},
+        "model": spec,
         "round": round_,
         "iteration": iteration,
         "lineage": lineage,
         "parents": [str(parent) for parent in parents],
         "params": params,
     }
+    if sparse_mask is None:
+        payload["state_dict"] = state
+    else:
+        payload["sparse_state"] = compression.pack_state(state, sparse_mask)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -25,10 +35,30 @@ def load(path):
     return torch.load(path, weights_only=True, map_location="cpu")
 
 
+def model_spec(name, input_shape, num_classes, width, compact_of=None):
+    """The architecture description `load_model` rebuilds from; `compact_of`: a channel-pruned
+    model whose layer sizes it records."""
+    spec = {"name": name, "input_shape": list(input_shape), "num_classes": num_classes, "width": width}
+    if compact_of is not None:
+        spec["channels"] = channels.shapes(compact_of)
+    return spec
+
+
+def build(spec, seed=0):
+    """A model of the described architecture, with weights drawn from `seed`."""
+    # Checkpoints written before model.width existed describe width-1 models.
+    width = spec.get("width", 1.0)
+    model = models.build(spec["name"], spec["input_shape"], spec["num_classes"], seed=seed, width=width)
+    return channels.resize(model, spec["channels"]) if "channels" in spec else model
+
+
 def load_model(path):
     """(model, checkpoint) from a checkpoint file alone."""
     checkpoint = load(path)
-    spec = checkpoint["model"]
-    model = models.build(spec["name"], spec["input_shape"], spec["num_classes"], seed=0)
-    model.load_state_dict(checkpoint["state_dict"])
+    model = build(checkpoint["model"])
+    if "sparse_state" in checkpoint:
+        state, _ = compression.unpack_state(checkpoint["sparse_state"], source=str(path))
+    else:
+        state = checkpoint["state_dict"]
+    model.load_state_dict(state)
     return model, checkpoint

@@ -11,7 +11,7 @@ import hashlib
 
 import torch
 
-from lottery import masks, models
+from lottery import checkpoints, masks
 from lottery.registry import Registry
 
 REGISTRY = Registry()
@@ -37,7 +37,7 @@ def build(name, theta, spec, ticket_mask, seed, round_, same_sign):
 @register("reinit")
 def reinit(theta, spec, ticket_mask, seed, generator, same_sign):
     """The ticket's mask on weights freshly drawn from the model's own init distribution."""
-    return models.build(spec["name"], spec["input_shape"], spec["num_classes"], seed=seed), ticket_mask
+    return checkpoints.build(spec, seed=seed), ticket_mask
 
 
 @register("random_sparse")

@@ -47,11 +47,15 @@ class DataHparams:
 @dataclass(frozen=True)
 class ModelHparams:
     name: str  # registry name in lottery.models
+    width: float  # channel multiplier of the VGG and ResNet models (1.0 = the paper's widths)
 
     def check(self):
         from lottery import models
 
         _one_of("model.name", self.name, models.REGISTRY)
+        _positive("model.width", self.width)
+        if self.width != 1.0 and not models.REGISTRY[self.name].scalable:
+            raise ParamsError(f"model.width = {self.width!r}: {self.name} has fixed widths (use 1.0)")
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class TrainHparams:
     warmup_iterations: int  # linear learning-rate warmup from 0 to `lr` over this many iterations
     milestones: list[int]  # iterations at which the learning rate is multiplied by `gamma`
     gamma: float
+    bn_l1: float  # λ of the λ·Σ|γ| BatchNorm sparsity term (Network Slimming); dense training only
 
     def check(self):
         _one_of("train.optimizer", self.optimizer, ("adam", "sgd"))
@@ -86,6 +91,7 @@ class TrainHparams:
             )
         if not 0 < self.gamma <= 1:
             raise ParamsError(f"train.gamma = {self.gamma!r}: must be in (0, 1]")
+        _at_least("train.bn_l1", self.bn_l1, 0)
 
 
 @dataclass(frozen=True)
@@ -96,11 +102,18 @@ class PruneHparams:
     conv_rate: typing.Optional[float]  # null: the model's paper rate for conv layers
     output_rate: typing.Optional[float]  # null: half of `rate`, as the LTH paper does
     schedule: str  # iterative: round r prunes round r-1; oneshot: round r prunes the dense net at once
+    granularity: str  # weight: unstructured masks; channel: whole output channels (structured)
+    min_channels: int  # channel pruning never leaves a layer fewer channels than this
 
     def check(self):
         from lottery import pruning
 
         _one_of("prune.strategy", self.strategy, pruning.REGISTRY)
+        _one_of("prune.granularity", self.granularity, ("weight", "channel"))
+        supported = pruning.REGISTRY[self.strategy].granularities
+        if self.granularity not in supported:
+            raise ParamsError(f"prune.granularity = {self.granularity!r}: {self.strategy} prunes {' or '.join(supported)}s")
+        _at_least("prune.min_channels", self.min_channels, 1)
         _one_of("prune.scope", self.scope, ("layerwise", "global"))
         _one_of("prune.schedule", self.schedule, ("iterative", "oneshot"))
         for key in ("rate", "conv_rate", "output_rate"):
@@ -111,10 +124,22 @@ class PruneHparams:
 
 @dataclass(frozen=True)
 class RewindHparams:
-    iteration: int  # k: rewind to the dense run's weights at iteration k (0 = θ0)
+    target: str  # init: θk (LTH) | finetune: the pruned trained weights | scratch: a fresh random init
+    iteration: int  # k for target init: rewind to the dense run's weights at iteration k (0 = θ0)
+    finetune_lr: float  # target finetune: a constant learning rate ...
+    finetune_iterations: int  # ... for this many iterations
+    scratch_budget: str  # target scratch: same (Scratch-E) | flops (Scratch-B: iterations × dense/pruned FLOPs)
+    max_budget_factor: float  # Scratch-B trains at most this many times train.iterations
 
     def check(self):
+        _one_of("rewind.target", self.target, ("init", "finetune", "scratch"))
         _at_least("rewind.iteration", self.iteration, 0)
+        if self.target != "init" and self.iteration:
+            raise ParamsError(f"rewind.iteration = {self.iteration}: only rewind.target 'init' rewinds to θk")
+        _positive("rewind.finetune_lr", self.finetune_lr)
+        _at_least("rewind.finetune_iterations", self.finetune_iterations, 1)
+        _one_of("rewind.scratch_budget", self.scratch_budget, ("same", "flops"))
+        _at_least("rewind.max_budget_factor", self.max_budget_factor, 1)
 
 
 @dataclass(frozen=True)
@@ -129,6 +154,32 @@ class ControlsHparams:
             _one_of("controls.run", name, controls.REGISTRY)
         if len(set(self.run)) != len(self.run):
             raise ParamsError(f"controls.run = {self.run}: names a control twice")
+
+
+@dataclass(frozen=True)
+class EarlyBirdHparams:
+    enabled: bool  # search for an Early-Bird ticket while training dense (round 0)
+    ratio: float  # fraction of channels the drawn masks prune (must equal prune.rate)
+    epsilon: float  # the ticket has emerged when the last `queue` mask distances are all below ε
+    queue: int  # how many earlier epochs' masks each new mask is compared with (FIFO)
+    quantize_bits: int  # 0: full-precision search; else weights and inputs fake-quantised to this many bits
+
+    def check(self):
+        if not 0 < self.ratio < 1:
+            raise ParamsError(f"early_bird.ratio = {self.ratio!r}: must be in (0, 1)")
+        if not 0 < self.epsilon <= 1:
+            raise ParamsError(f"early_bird.epsilon = {self.epsilon!r}: must be in (0, 1]")
+        _at_least("early_bird.queue", self.queue, 1)
+        if self.quantize_bits and not 2 <= self.quantize_bits <= 16:
+            raise ParamsError(f"early_bird.quantize_bits = {self.quantize_bits}: must be 0 (off) or 2..16")
+
+
+@dataclass(frozen=True)
+class CompactHparams:
+    latency_repeats: int  # timed forward passes per latency figure (their median is reported)
+
+    def check(self):
+        _at_least("compact.latency_repeats", self.latency_repeats, 1)
 
 
 @dataclass(frozen=True)
@@ -157,12 +208,14 @@ SECTIONS = {
     "prune": PruneHparams,
     "rewind": RewindHparams,
     "controls": ControlsHparams,
+    "early_bird": EarlyBirdHparams,
+    "compact": CompactHparams,
     "tracking": TrackingHparams,
     "report": ReportHparams,
 }
 # Sections that do not change what the lineage's tickets are: they stay out of its identity, so
 # adding rounds or controls extends a lineage rather than starting a new one.
-NOT_LINEAGE = ("tracking", "report", "rounds", "controls")
+NOT_LINEAGE = ("tracking", "report", "rounds", "controls", "compact")
 
 
 @dataclass(frozen=True)
@@ -174,6 +227,8 @@ class Hparams:
     prune: PruneHparams
     rewind: RewindHparams
     controls: ControlsHparams
+    early_bird: EarlyBirdHparams
+    compact: CompactHparams
     rounds: int  # pruning rounds after the dense round 0
     tracking: TrackingHparams
     report: ReportHparams
@@ -187,6 +242,47 @@ class Hparams:
                 f"rewind.iteration = {self.rewind.iteration}: must be below train.iterations "
                 f"({self.train.iterations})"
             )
+        if self.rewind.target == "finetune" and self.rewind.finetune_iterations < self.train.eval_every:
+            raise ParamsError(
+                f"rewind.finetune_iterations = {self.rewind.finetune_iterations}: must be at least "
+                f"train.eval_every ({self.train.eval_every})"
+            )
+        if self.controls.run and self.rewind.target != "init":
+            raise ParamsError(
+                f"controls.run = {self.controls.run}: the LTH controls need rewind.target 'init' "
+                f"(not {self.rewind.target!r}); compare targets as separate experiments"
+            )
+        if self.early_bird.enabled:
+            self._check_early_bird()
+        if self.prune.granularity == "channel":
+            self._check_channels()
+
+    def _check_early_bird(self):
+        # prune@1 must draw the very mask the search drew: Network Slimming's, at the same ratio.
+        expected = {"strategy": "bn_slimming", "granularity": "channel", "scope": "global", "rate": self.early_bird.ratio}
+        for key, value in expected.items():
+            if getattr(self.prune, key) != value:
+                raise ParamsError(
+                    f"prune.{key} = {getattr(self.prune, key)!r}: early_bird.enabled draws Network Slimming masks, "
+                    f"so it needs prune.{key} = {value!r}"
+                )
+
+    def _check_channels(self):
+        from lottery import channels, data, models, pruning
+
+        if "random_sparse" in self.controls.run:
+            raise ParamsError("controls.run = ['random_sparse']: needs prune.granularity 'weight' (it breaks channels)")
+        spec = data.DATASETS[self.data.dataset]
+        model = models.build(self.model.name, spec.input_shape, spec.num_classes, seed=0, width=self.model.width)
+        channel_groups = channels.groups(model)
+        if not channel_groups:
+            raise ParamsError(f"prune.granularity = 'channel': {self.model.name} has no prunable channels")
+        try:
+            if self.prune.strategy == "bn_slimming":
+                pruning.REGISTRY["bn_slimming"].channel_scores(model, channel_groups, None)
+            pruning.check_channel_budget(self.prune, {g.name: g.size for g in channel_groups}, self.rounds)
+        except ValueError as err:
+            raise ParamsError(str(err)) from None
 
     def branches(self):
         """(round, control) of every branch the params ask for: the ticket's rounds 0..N (control

@@ -1,4 +1,8 @@
-"""Masks: a dict of 0/1 tensors keyed by parameter name, validated against the model on load."""
+"""Masks: a dict of bool tensors keyed by parameter name, validated against the model on load.
+
+A mask covers every prunable weight. A channel mask (lottery.channels) also covers the biases and
+BatchNorm parameters of the channels it prunes, so a pruned channel outputs exactly zero.
+"""
 
 import hashlib
 
@@ -19,9 +23,9 @@ def ones(model):
 
 def validate(mask, model):
     params = dict(model.named_parameters())
-    expected = set(model.prunable_kinds())
-    if set(mask) != expected:
-        raise MaskError(f"mask keys {sorted(mask)} are not the model's prunable weights {sorted(expected)}")
+    missing, unknown = set(model.prunable_kinds()) - set(mask), set(mask) - set(params)
+    if missing or unknown:
+        raise MaskError(f"mask lacks the prunable weights {sorted(missing)} or names unknown parameters {sorted(unknown)}")
     for name, keep in mask.items():
         if keep.shape != params[name].shape:
             raise MaskError(f"mask[{name!r}] has shape {tuple(keep.shape)}, the weight {tuple(params[name].shape)}")
@@ -57,22 +61,21 @@ def digest(mask):
     return hasher.hexdigest()
 
 
-def weights_remaining(mask):
-    """Fraction of prunable weights kept, over all layers."""
-    kept = sum(int(keep.sum()) for keep in mask.values())
-    return kept / sum(keep.numel() for keep in mask.values())
+def weights_remaining(mask, kinds):
+    """Fraction of the prunable weights (`kinds`: the model's prunable_kinds) kept, over all layers."""
+    return sparsity_report(mask, kinds)["weights_remaining"]
 
 
 def sparsity_report(mask, kinds):
-    """Per layer and in total: weights, weights kept and the fraction remaining."""
+    """Per prunable layer and in total: weights, weights kept and the fraction remaining."""
     layers = {
         name: {
             "kind": kinds[name],
-            "weights": keep.numel(),
-            "kept": int(keep.sum()),
-            "weights_remaining": int(keep.sum()) / keep.numel(),
+            "weights": mask[name].numel(),
+            "kept": int(mask[name].sum()),
+            "weights_remaining": int(mask[name].sum()) / mask[name].numel(),
         }
-        for name, keep in mask.items()
+        for name in kinds
     }
     total = sum(layer["weights"] for layer in layers.values())
     kept = sum(layer["kept"] for layer in layers.values())

@@ -90,3 +90,28 @@ def curve_plot_data(round_, control=None):
 
 def rounds_figure():
     return PLOTS / "lottery.png"
+
+
+def compact_model(round_):
+    """Round r's model as shipped: channels removed (channel masks) or stored sparse (weight masks)."""
+    return round_dir(round_) / "compact.pt"
+
+
+def compression_report(round_):
+    """Parameters, FLOPs, bytes and CPU latency of round r's compact model against the dense one."""
+    return METRICS / "compression" / f"round_{round_}.json"
+
+
+def compression_plot_data():
+    """Every round's compression report in one table (a measurement: latency varies run to run)."""
+    return PLOTS / "compression.csv"
+
+
+def early_bird_report():
+    """Whether and when the Early-Bird ticket emerged, per-epoch mask distances, the compute saved."""
+    return METRICS / "early_bird.json"
+
+
+def early_bird_plots():
+    """The pairwise mask-distance matrix over epochs (distances.json) and its heatmap (heatmap.png)."""
+    return PLOTS / "early_bird"

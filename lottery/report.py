@@ -78,6 +78,53 @@ def rounds_csv(summary):
     return _csv(rows, columns)
 
 
+COMPRESSION_FIGURES = ("parameters", "flops", "bytes", "latency_ms_batch_1", "latency_ms_batch_64")
+SPEEDUPS = ("flops_speedup", "measured_speedup_batch_1", "measured_speedup_batch_64")
+
+
+def compression_csv(reports):
+    """One row per round: dense and compact figures side by side, and the speedups."""
+    columns = ["round", "form"]
+    columns += [f"{side}_{figure}" for figure in COMPRESSION_FIGURES for side in ("dense", "compact")]
+    columns += list(SPEEDUPS)
+    rows = []
+    for r in reports:
+        row = {"round": r["round"], "form": r["form"], **{key: r[key] for key in SPEEDUPS}}
+        row.update({f"{side}_{f}": r[side][f] for f in COMPRESSION_FIGURES for side in ("dense", "compact")})
+        rows.append(row)
+    return _csv(rows, columns)
+
+
+def format_compression_table(reports):
+    """The compression reports as Markdown: compact against dense, theoretical vs measured speedup."""
+    lines = [
+        "| round | form | params | MFLOPs | bytes | latency b1 / b64 (ms) | FLOPs speedup | measured b1 / b64 |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in reports:
+        dense, compact = r["dense"], r["compact"]
+        lines.append(
+            f"| {r['round']} | {r['form']} | {compact['parameters']:,} / {dense['parameters']:,} "
+            f"| {compact['flops'] / 1e6:.2f} / {dense['flops'] / 1e6:.2f} | {compact['bytes']:,} / {dense['bytes']:,} "
+            f"| {compact['latency_ms_batch_1']:.2f} / {compact['latency_ms_batch_64']:.2f} "
+            f"(dense {dense['latency_ms_batch_1']:.2f} / {dense['latency_ms_batch_64']:.2f}) "
+            f"| {r['flops_speedup']:.2f}x | {r['measured_speedup_batch_1']:.2f}x / {r['measured_speedup_batch_64']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def format_early_bird(saved):
+    """One paragraph: when the Early-Bird ticket emerged and what it saved."""
+    when = f"emerged at epoch {saved['epoch']}" if saved["found"] else "did not emerge; the last mask was used"
+    return (
+        f"Early-Bird ticket {when} ({100 * saved['emerged_at_fraction_of_training']:.0f}% of "
+        f"{saved['full_training_epochs']:.0f} epochs). Search + retrain: {saved['epochs_early_bird']:.1f} epochs, "
+        f"{saved['training_flops_early_bird']:.3g} FLOPs; standard train + prune + retrain: "
+        f"{saved['epochs_standard']:.1f} epochs, {saved['training_flops_standard']:.3g} FLOPs; "
+        f"{saved['compute_saving']:.2f}x less compute."
+    )
+
+
 def curve_csv(curve):
     return _csv(curve, CURVE_COLUMNS)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 EVAL_BATCH = 1000
@@ -20,6 +21,7 @@ EVAL_BATCH = 1000
 class TrainResult:
     curve: list  # one dict per evaluation: iteration, validation/test loss and accuracy
     snapshot: dict  # state dict at `snapshot_at`, or None
+    iterations: int  # where training ended: train.iterations, or earlier if `at_epoch_end` stopped it
 
     @property
     def early_stop(self):
@@ -66,6 +68,12 @@ def make_optimizer(train_hp, params):
     return torch.optim.SGD(params, lr=train_hp.lr, momentum=train_hp.momentum)
 
 
+def batchnorm_l1(model):
+    """Σ|γ| over the BatchNorm scales: Network Slimming's sparsity term, which drives the γ of
+    unneeded channels towards zero so a global threshold can remove them."""
+    return sum(module.weight.abs().sum() for module in model.modules() if isinstance(module, nn.BatchNorm2d))
+
+
 @torch.no_grad()
 def evaluate(model, split):
     """(mean cross-entropy, accuracy) of `model` on a split."""
@@ -80,12 +88,17 @@ def evaluate(model, split):
     return loss / len(split), correct / len(split)
 
 
-def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=None):
+def iterations_per_epoch(train_hp, splits):
+    return len(splits.train) // train_hp.batch_size
+
+
+def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=None, at_epoch_end=None):
     """Train `model` in place from `start_iteration` to `train_hp.iterations`.
 
     Pruned weights (mask False) must be zero on entry; they get zero gradient, so they stay
     exactly zero through every step. `snapshot_at`: also return the state dict after that
-    many iterations (late rewinding).
+    many iterations (late rewinding). `at_epoch_end(model, epoch)` runs after each full epoch
+    (1, 2, ...); when it returns True, training stops there (Early-Bird).
     """
     device = device_for(train_hp.device)
     model.to(device).train()
@@ -96,7 +109,7 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
     masked = [(params[name], keep.to(device, torch.float32)) for name, keep in mask.items() if not bool(keep.all())]
     optimizer = make_optimizer(train_hp, model.parameters())
     batch, size = train_hp.batch_size, len(splits.train)
-    per_epoch = size // batch
+    per_epoch = iterations_per_epoch(train_hp, splits)
     if per_epoch == 0:
         raise ValueError(f"train.batch_size = {batch}: larger than the training set ({size} examples)")
     curve, snapshot, order = [], None, None
@@ -114,6 +127,7 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
         }
         curve.append(point)
 
+    end = train_hp.iterations
     with _progress(train_hp.iterations, start_iteration) as bar:
         for iteration in range(start_iteration, train_hp.iterations):
             if iteration % train_hp.eval_every == 0:
@@ -128,15 +142,20 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(train_hp, iteration)
             loss = F.cross_entropy(model(splits.train.x[index]), splits.train.y[index])
+            if train_hp.bn_l1:
+                loss = loss + train_hp.bn_l1 * batchnorm_l1(model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if masked:
                 _mask_gradients(masked)
             optimizer.step()
             bar.update(1)
-    record(train_hp.iterations)
+            if at_epoch_end and (iteration + 1) % per_epoch == 0 and at_epoch_end(model, (iteration + 1) // per_epoch):
+                end = iteration + 1
+                break
+    record(end)
     model.cpu()
-    return TrainResult(curve=curve, snapshot=snapshot)
+    return TrainResult(curve=curve, snapshot=snapshot, iterations=end)
 
 
 @torch.no_grad()

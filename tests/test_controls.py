@@ -9,7 +9,7 @@ def ticket():
     theta = models.build("lenet_300_100", (1, 28, 28), 10, seed=0)
     generator = torch.Generator().manual_seed(1)
     mask = {name: torch.rand(keep.shape, generator=generator) < 0.3 for name, keep in masks.ones(theta).items()}
-    spec = {"name": "lenet_300_100", "input_shape": [1, 28, 28], "num_classes": 10}
+    spec = {"name": "lenet_300_100", "input_shape": [1, 28, 28], "num_classes": 10, "width": 1.0}
     return theta, spec, mask
 
 

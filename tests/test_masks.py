@@ -23,7 +23,7 @@ def test_save_load_round_trip_with_weights_only(model, tmp_path):
 def test_load_rejects_a_mask_for_another_model(model, tmp_path):
     other = models.build("conv2", (1, 28, 28), 10, seed=0)
     masks.save(masks.ones(other), tmp_path / "mask.pt")
-    with pytest.raises(masks.MaskError, match="mask keys"):
+    with pytest.raises(masks.MaskError, match="mask lacks the prunable weights"):
         masks.load(tmp_path / "mask.pt", model)
 
 
@@ -61,8 +61,9 @@ def test_sparsity_report_counts(model):
 
 def test_checkpoint_describes_itself(model, tmp_path):
     path = tmp_path / "w.pt"
-    checkpoints.save(path, model, model_name="lenet_300_100", input_shape=(1, 28, 28), num_classes=10,
-                     round_=3, iteration=7, params={"seed": 1}, lineage="abc", parents=["models/round_3/start.pt"])
+    spec = checkpoints.model_spec("lenet_300_100", (1, 28, 28), 10, width=1.0)
+    checkpoints.save(path, model, spec=spec, round_=3, iteration=7, params={"seed": 1}, lineage="abc",
+                     parents=["models/round_3/start.pt"])
     loaded, checkpoint = checkpoints.load_model(path)
     assert (checkpoint["round"], checkpoint["iteration"], checkpoint["lineage"]) == (3, 7, "abc")
     assert checkpoint["parents"] == ["models/round_3/start.pt"] and checkpoint["params"] == {"seed": 1}

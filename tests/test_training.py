@@ -78,6 +78,7 @@ def test_early_stop_is_the_lowest_validation_loss():
             {"iteration": 30, "validation_loss": 0.7, "test_accuracy": 0.9},
         ],
         snapshot=None,
+        iterations=30,
     )
     summary = result.summary()
     assert summary["early_stop_iteration"] == 10

@@ -10,11 +10,16 @@ REGISTRY = Registry()
 register = REGISTRY.register
 
 
-def build(name, input_shape, num_classes, seed):
+def build(name, input_shape, num_classes, seed, width=1.0):
     """The named model with its initial weights θ0 drawn from `seed` alone."""
     if name not in REGISTRY:
         raise KeyError(f"model.name = {name!r}: unknown (expected one of {sorted(REGISTRY)})")
-    model = REGISTRY[name](tuple(input_shape), num_classes)
+    cls = REGISTRY[name]
+    if width != 1.0 and not cls.scalable:
+        raise ValueError(f"model.width = {width!r}: {name} has fixed widths (use 1.0)")
+    model = cls(tuple(input_shape), num_classes, width=width) if cls.scalable else cls(tuple(input_shape), num_classes)
+    # Tracing the channel graph and counting FLOPs need an example input of the right shape.
+    model.input_shape = tuple(input_shape)
     model.reset_parameters(torch.Generator().manual_seed(seed))
     return model
 

@@ -9,6 +9,8 @@ class PrunableModel(nn.Module):
 
     # Per-round rate for conv layers when params leave prune.conv_rate null (LTH, Figure 2).
     paper_conv_rate = 0.1
+    # Whether the constructor takes a `width` multiplier of its channels (params model.width).
+    scalable = False
 
     def prunable_kinds(self):
         """Parameter name -> 'conv', 'fc' or 'output' (the last Linear layer)."""
@@ -34,3 +36,16 @@ class PrunableModel(nn.Module):
                         module.bias.zero_()
             elif isinstance(module, nn.BatchNorm2d):
                 module.reset_parameters()
+
+
+class PooledConvNet(PrunableModel):
+    """Convolutional `features`, then global average pooling and a single Linear output layer,
+    which fits any input size (VGG and the CIFAR ResNets)."""
+
+    def set_layers(self, features, channels, num_classes):
+        """`features`: the conv layers in order; `channels`: what the last of them puts out."""
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))

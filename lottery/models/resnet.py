@@ -1,10 +1,11 @@
-"""ResNet-20 for CIFAR-10 (He et al. 2016), which the LTH paper calls Resnet-18."""
+"""CIFAR ResNets (He et al. 2016): ResNet-20 (which the LTH paper calls Resnet-18) and ResNet-56."""
 
 import torch
 from torch import nn
 
 from lottery.models import register
-from lottery.models.base import PrunableModel
+from lottery.models.base import PooledConvNet
+from lottery.models.vgg import scaled
 
 
 class BasicBlock(nn.Module):
@@ -31,30 +32,38 @@ class BasicBlock(nn.Module):
         return torch.relu(self.branch(x) + self.shortcut(x))
 
 
-@register("resnet20")
-class ResNet20(PrunableModel):
-    """A 3x3 conv, three stages of three basic blocks at widths 16, 32 and 64 (the second and third
-    halve the resolution), global average pooling and a single Linear output layer.
+class CifarResNet(PooledConvNet):
+    """A 3x3 conv, three stages of basic blocks at widths 16, 32 and 64 (the second and third
+    halve the resolution), global average pooling and a single Linear output layer. Depth is
+    6 x blocks_per_stage + 2; `width` scales every stage.
 
     The LTH paper prunes it globally, 20% per round: run it with `prune.scope: global`.
     `paper_conv_rate` is the same 20% for layerwise runs.
     """
 
     paper_conv_rate = 0.2
+    scalable = True
     widths = (16, 32, 64)
     blocks_per_stage = 3
 
-    def __init__(self, input_shape, num_classes):
+    def __init__(self, input_shape, num_classes, width=1.0):
         super().__init__()
-        channels = self.widths[0]
+        widths = [scaled(w, width) for w in self.widths]
+        channels = widths[0]
         layers = [nn.Conv2d(input_shape[0], channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()]
-        for stage, width in enumerate(self.widths):
+        for stage, stage_width in enumerate(widths):
             for block in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
-                layers.append(BasicBlock(channels, width, stride))
-                channels = width
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+                layers.append(BasicBlock(channels, stage_width, stride))
+                channels = stage_width
+        self.set_layers(layers, channels, num_classes)
 
-    def forward(self, x):
-        return self.classifier(self.features(x))
+
+@register("resnet20")
+class ResNet20(CifarResNet):
+    blocks_per_stage = 3
+
+
+@register("resnet56")
+class ResNet56(CifarResNet):
+    blocks_per_stage = 9

@@ -1,21 +1,30 @@
-"""Pruning strategy registry: a strategy scores the prunable weights; the lowest scores go.
+"""Pruning strategy registry: a strategy scores weights or channels; the lowest scores go.
 
-Adding a strategy is one module with a `@register("name")` function
-`score(model, mask, generator) -> {param name: scores}`.
+Adding a strategy is one module with a `@register("name")` class that names its `granularities`
+('weight', 'channel') and has, for each, `weight_scores(model, mask, generator) -> {param name:
+scores}` or `channel_scores(model, channel_groups, generator) -> {group name: scores[size]}`.
 """
 
 import importlib
 
 import torch
 
+from lottery import channels
 from lottery.registry import Registry
 
 REGISTRY = Registry()
 register = REGISTRY.register
 
 
+class PruningError(ValueError):
+    """A pruning step the model cannot take, such as one that leaves a layer too few channels."""
+
+
 def layer_rates(model, prune_hp):
-    """Per prunable weight, the fraction of its remaining weights one round removes."""
+    """Per prunable weight (granularity weight) or channel group (channel), the fraction of its
+    remaining weights or channels one round removes. Channel groups all take `prune.rate`."""
+    if prune_hp.granularity == "channel":
+        return {group.name: prune_hp.rate for group in channels.groups(model)}
     conv = prune_hp.conv_rate if prune_hp.conv_rate is not None else model.paper_conv_rate
     output = prune_hp.output_rate if prune_hp.output_rate is not None else prune_hp.rate / 2
     by_kind = {"fc": prune_hp.rate, "conv": conv, "output": output}
@@ -24,12 +33,77 @@ def layer_rates(model, prune_hp):
 
 def prune(prune_hp, model, mask, seed, rounds=1):
     """The new mask after `rounds` rounds' worth of pruning in one step (1 for iterative pruning;
-    r for a one-shot ticket at round r's sparsity). Pruned weights stay pruned."""
-    scores = REGISTRY[prune_hp.strategy](model, mask, torch.Generator().manual_seed(seed))
+    r for a one-shot ticket at round r's sparsity). Pruned weights and channels stay pruned."""
+    strategy = REGISTRY[prune_hp.strategy]
+    generator = torch.Generator().manual_seed(seed)
+    if prune_hp.granularity == "weight":
+        scores = strategy.weight_scores(model, mask, generator)
+        return _select(prune_hp, scores, mask, layer_rates(model, prune_hp), rounds)
+    channel_groups = channels.groups(model)
+    keep = channels.kept(channel_groups, mask)
+    scores = strategy.channel_scores(model, channel_groups, generator)
+    rates = {group.name: prune_hp.rate for group in channel_groups}
+    protected = _protect_strongest(scores, keep, prune_hp.min_channels, prune_hp.scope)
+    return channels.expand(model, channel_groups, _select(prune_hp, protected, keep, rates, rounds))
+
+
+def mean_channel_scores(model, channel_groups, layer_types, score, strategy):
+    """{group: per channel, the mean of `score(weight)` over the group's `layer_types` layers whose
+    outputs are its channels} (several layers share a channel on a residual stream)."""
+    params = dict(model.named_parameters())
+    scores = {}
+    for group in channel_groups:
+        weights = [name for layer in layer_types for name in group.output_weights(layer)]
+        if not weights:
+            kinds = " or ".join(layer.__name__ for layer in layer_types)
+            raise ValueError(f"prune.strategy = {strategy!r}: {group.name} has no {kinds} layer to score")
+        scores[group.name] = torch.stack([score(params[name].detach().cpu()) for name in weights]).mean(0)
+    return scores
+
+
+def check_channel_budget(prune_hp, sizes, rounds):
+    """Raise PruningError if pruning `rounds` rounds at `prune.rate` would leave any layer (layerwise)
+    or the model (global) fewer channels than `prune.min_channels` allows. `sizes`: {group: channels}."""
+    minimum = prune_hp.min_channels
+    if prune_hp.scope == "layerwise":
+        for name, size in sizes.items():
+            remaining = size
+            for round_ in range(1, rounds + 1):
+                remaining -= round(prune_hp.rate * remaining)
+                if remaining < minimum:
+                    raise PruningError(
+                        f"prune.rate = {prune_hp.rate}: round {round_} would leave {name} {remaining} of {size} "
+                        f"channels, below prune.min_channels = {minimum}"
+                    )
+        return
+    remaining = total = sum(sizes.values())
+    for round_ in range(1, rounds + 1):
+        remaining -= round(prune_hp.rate * remaining)
+        if remaining < minimum * len(sizes):
+            raise PruningError(
+                f"prune.rate = {prune_hp.rate}: round {round_} would leave {remaining} of {total} channels, "
+                f"fewer than prune.min_channels = {minimum} in each of {len(sizes)} layers"
+            )
+
+
+def _select(prune_hp, scores, keep, rates, rounds):
     if prune_hp.scope == "global":
-        return _prune_global(scores, mask, _compound(prune_hp.rate, rounds))
-    rates = layer_rates(model, prune_hp)
-    return {name: _prune_lowest(scores[name], keep, _compound(rates[name], rounds)) for name, keep in mask.items()}
+        return _prune_global(scores, keep, _compound(prune_hp.rate, rounds))
+    return {name: _prune_lowest(scores[name], kept, _compound(rates[name], rounds)) for name, kept in keep.items()}
+
+
+def _protect_strongest(scores, keep, minimum, scope):
+    """Scores with each layer's `minimum` best kept channels raised out of reach, so no layer is
+    pruned below it (a layerwise rate that would cross it is refused up front)."""
+    if scope == "layerwise":
+        return scores
+    protected = {}
+    for name, score in scores.items():
+        candidates = torch.where(keep[name], score.float(), torch.full_like(score.float(), -float("inf")))
+        best = torch.sort(candidates, descending=True, stable=True).indices[:minimum]
+        protected[name] = score.float().clone()
+        protected[name][best] = float("inf")
+    return protected
 
 
 def _compound(rate, rounds):
@@ -59,5 +133,5 @@ def _drop(score, keep, count):
     return new
 
 
-for _module in ("magnitude",):
+for _module in ("magnitude", "l1_filter", "bn_slimming", "random"):
     importlib.import_module(f"lottery.pruning.{_module}")

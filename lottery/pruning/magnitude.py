@@ -2,7 +2,12 @@ from lottery.pruning import register
 
 
 @register("magnitude")
-def magnitude(model, mask, generator):
+class Magnitude:
     """Unstructured magnitude pruning (IMP): the smallest |w| of the trained weights go first."""
-    params = dict(model.named_parameters())
-    return {name: params[name].detach().abs().cpu() for name in mask}
+
+    granularities = ("weight",)
+
+    @staticmethod
+    def weight_scores(model, mask, generator):
+        params = dict(model.named_parameters())
+        return {name: params[name].detach().abs().cpu() for name in mask}

@@ -1,0 +1,173 @@
+"""Early-Bird tickets on real Fashion-MNIST: when does the channel mask settle, and what does
+stopping there save?
+
+The small BatchNorm VGG-11 of bench/structured_fmnist.py (width 0.25), on the first 10,000
+training images (78 iterations per epoch at batch 128) for a budget of `--epochs` epochs, with
+Network Slimming's term at the same λ (1e-3) and SGD 0.1 decayed at 50% and 75%. For every seed and every ratio
+in `--ratios`, side by side:
+
+  standard-<r>   train dense for the whole budget, prune r of the channels (bn_slimming, one
+                 global threshold), fine-tune (`--finetune-epochs` at lr 0.01)
+  eb-<r>         the same, but dense training stops at the Early-Bird epoch (ε = 0.1, FIFO of 5)
+  eb-50-int8     eb-50 with the search fake-quantised to 8 bits (retraining in full precision)
+
+Every branch runs the pipeline's own stage functions; the standard branches share the seed's
+one dense run. Writes bench/results/early_bird_fmnist.{json,md} and the mask-distance heatmap
+of seed 0 at 50% (early_bird_heatmap.png), and prints the table.
+"""
+
+import argparse
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import yaml
+
+from structured_fmnist import RESULTS, bench_params, enter_workspace, fresh_workdir, parse_seeded_args, run_seeds
+
+from lottery import paths, pipeline, tracking  # noqa: E402
+from lottery.io import read_json, write_json, write_text  # noqa: E402
+
+SUBSET = 10_000
+BATCH = 128
+
+
+def params(args, seed, overrides):
+    per_epoch = SUBSET // BATCH
+    return bench_params(
+        args.workdir / "params.base.yaml",
+        seed,
+        args.epochs * per_epoch,
+        args.finetune_epochs * per_epoch,
+        {
+            "data.train_subset": SUBSET,
+            "rewind.target": "finetune",
+            "tracking.experiment": "early-bird-fmnist-bench",
+            **overrides,
+        },
+    )
+
+
+def branches(ratios):
+    found = {}
+    for ratio in ratios:
+        slim = {"prune.rate": ratio, "early_bird.ratio": ratio}
+        found[f"standard-{round(100 * ratio)}"] = slim
+        found[f"eb-{round(100 * ratio)}"] = {**slim, "early_bird.enabled": True}
+    found["eb-50-int8"] = {"prune.rate": 0.5, "early_bird.ratio": 0.5, "early_bird.enabled": True,
+                           "early_bird.quantize_bits": 8}
+    return found
+
+
+def one_seed(args):
+    import torch
+
+    torch.set_num_threads(1)
+    seed_dir = args.workdir / f"seed_{args.seed}"
+    dense_dir = seed_dir / "dense"
+    enter_workspace(dense_dir)
+    pipeline.init(params(args, args.seed, {}))
+    pipeline.train_dense(params(args, args.seed, {}))
+    for branch, overrides in branches(args.ratios).items():
+        hp = params(args, args.seed, overrides)
+        enter_workspace(seed_dir / branch)
+        started = time.perf_counter()
+        if branch.startswith("standard"):
+            for shared in (paths.init_checkpoint().parent, paths.round_dir(0)):
+                shutil.copytree(dense_dir / shared, shared, dirs_exist_ok=True)
+            shutil.copytree(dense_dir / paths.METRICS, paths.METRICS, dirs_exist_ok=True)
+        else:
+            pipeline.init(hp)
+            pipeline.train_dense(hp)
+        for step in (pipeline.prune, pipeline.rewind, pipeline.retrain, pipeline.evaluate, pipeline.compact):
+            step(hp, 1)
+        if not branch.startswith("standard"):
+            pipeline.summarize(hp)
+        write_json(Path("bench_seconds.json"), {"seconds": time.perf_counter() - started})
+
+
+def collect(args):
+    rows = {}
+    for branch in branches(args.ratios):
+        per_seed = []
+        for seed in args.seeds:
+            workspace = args.workdir / f"seed_{seed}" / branch
+            metrics = read_json(workspace / paths.round_metrics(1))
+            entry = {"final_test_accuracy": metrics["final_test_accuracy"]}
+            if not branch.startswith("standard"):
+                entry.update(read_json(workspace / paths.summary())["early_bird"])
+            per_seed.append(entry)
+        rows[branch] = per_seed
+    return rows
+
+
+def mean(rows, branch, key):
+    values = [entry[key] for entry in rows[branch]]
+    return statistics.fmean(values), values
+
+
+def table(args, rows):
+    lines = [
+        "| ratio | EB epoch (per seed) | EB at % of training | retrained EB acc. | standard acc. | Δ (pp) "
+        "| epochs EB / standard | compute saving |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in [b for b in branches(args.ratios) if b.startswith("eb")]:
+        standard = "standard-" + name.split("-")[1]
+        eb_acc, _ = mean(rows, name, "final_test_accuracy")
+        std_acc, _ = mean(rows, standard, "final_test_accuracy")
+        epochs = [entry["epoch"] for entry in rows[name]]
+        fraction, _ = mean(rows, name, "emerged_at_fraction_of_training")
+        eb_epochs, _ = mean(rows, name, "epochs_early_bird")
+        std_epochs, _ = mean(rows, name, "epochs_standard")
+        saving, _ = mean(rows, name, "compute_saving")
+        lines.append(
+            f"| {name.removeprefix('eb-')} | {', '.join(str(e) if e else 'none' for e in epochs)} "
+            f"| {100 * fraction:.1f}% | {100 * eb_acc:.2f}% | {100 * std_acc:.2f}% "
+            f"| {100 * (eb_acc - std_acc):+.2f} | {eb_epochs:.1f} / {std_epochs:.1f} | {saving:.2f}× |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--epochs", type=int, default=60, help="the dense training budget")
+    parser.add_argument("--finetune-epochs", type=int, default=10)
+    args = parse_seeded_args(parser, Path("/tmp/lottery-early-bird-fmnist"))
+    if args.seed is not None:
+        return one_seed(args)
+
+    fresh_workdir(args.workdir)
+    tracking.Lineage(params(args, args.seeds[0], {}))  # create the store once
+    start = time.perf_counter()
+    common = ["--epochs", str(args.epochs), "--finetune-epochs", str(args.finetune_epochs), "--workdir", str(args.workdir)]
+    run_seeds(__file__, args.seeds, [*common, "--ratios", *map(str, args.ratios)])
+    rows = collect(args)
+    text = table(args, rows)
+    result = {
+        "settings": {
+            "model": "vgg11 width 0.25 (BatchNorm)",
+            "dataset": f"fashion_mnist, first {SUBSET} training images, 10k test",
+            "seeds": args.seeds,
+            "epochs": args.epochs,
+            "finetune_epochs": args.finetune_epochs,
+            "epsilon": 0.1,
+            "queue": 5,
+            "minutes": (time.perf_counter() - start) / 60,
+        },
+        "rows": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS / "early_bird_fmnist.json", result)
+    write_text(RESULTS / "early_bird_fmnist.md", text + "\n")
+    heatmap = args.workdir / f"seed_{args.seeds[0]}" / "eb-50" / paths.early_bird_plots() / "heatmap.png"
+    if heatmap.exists():
+        shutil.copy(heatmap, RESULTS / "early_bird_heatmap.png")
+    print(text)
+    print(yaml.safe_dump(result["settings"], sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Early-Bird tickets (You et al. 2020): the channel mask settles early in dense training, so the
+search can stop there.
+
+At the end of every epoch the mask that `prune@1` would draw now is compared, by normalised
+Hamming distance, with each of the last `queue` epochs' masks. When every one of those distances
+is below ε, the Early-Bird ticket has emerged and training stops.
+"""
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from lottery import channels, masks, pruning
+from lottery.io import atomic_path
+
+
+def channel_vector(model, mask):
+    """All channel keep-flags of a channel mask, in channel-group order, as one bool vector."""
+    return torch.cat(list(channels.kept(channels.groups(model), mask).values()))
+
+
+def draw(model, prune_hp, seed):
+    """The channel keep-vector that pruning the dense network now would keep (prune@1's mask)."""
+    return channel_vector(model, pruning.prune(prune_hp, model, masks.ones(model), seed=seed))
+
+
+def digest(vector):
+    """sha256 of a channel keep-vector: prune@1 checks its mask against the Early-Bird's with it."""
+    return hashlib.sha256(vector.to(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def savings(report, retrain_iterations, dense_flops, pruned_flops, full_iterations, batch_size):
+    """Early-Bird search + retraining against the standard full training + the same retraining:
+    epochs and training FLOPs (3 × forward FLOPs per example: forward and backward), and the ratio."""
+    per_epoch = report["iterations_per_epoch"]
+    search = report["iterations_trained"]
+
+    def cost(dense_iterations):
+        return 3 * batch_size * (dense_iterations * dense_flops + retrain_iterations * pruned_flops)
+
+    return {
+        "found": report["found"],
+        "search_epochs": search / per_epoch,
+        "full_training_epochs": full_iterations / per_epoch,
+        "emerged_at_fraction_of_training": search / full_iterations,
+        "retrain_epochs": retrain_iterations / per_epoch,
+        "epochs_early_bird": (search + retrain_iterations) / per_epoch,
+        "epochs_standard": (full_iterations + retrain_iterations) / per_epoch,
+        "training_flops_early_bird": cost(search),
+        "training_flops_standard": cost(full_iterations),
+        "compute_saving": cost(full_iterations) / cost(search),
+    }
+
+
+def mask_distance(a, b):
+    """Normalised Hamming distance: the fraction of channels whose keep-flag differs."""
+    if a.shape != b.shape:
+        raise ValueError(f"masks of {a.numel()} and {b.numel()} channels cannot be compared")
+    return (a != b).float().mean().item()
+
+
+@dataclass
+class Search:
+    """The FIFO test, fed one mask per epoch: `observe` says when the ticket has emerged."""
+
+    epsilon: float
+    queue: int
+    history: list = field(default_factory=list)  # every epoch's mask, epoch 1 first
+    distances: list = field(default_factory=list)  # per epoch: the largest distance to the FIFO's masks
+    found_epoch: int = None
+
+    def __post_init__(self):
+        self._recent = deque(maxlen=self.queue)
+
+    def observe(self, vector):
+        """Record this epoch's mask; True once the last `queue` masks are all within ε of it."""
+        gaps = [mask_distance(vector, earlier) for earlier in self._recent]
+        self.distances.append(max(gaps) if gaps else None)
+        self.history.append(vector.clone())
+        found = len(gaps) == self.queue and max(gaps) < self.epsilon
+        self._recent.append(vector.clone())
+        if found and self.found_epoch is None:
+            self.found_epoch = len(self.history)
+        return found
+
+
+def distance_matrix(history):
+    """Entry (i, j): the distance between the masks drawn at epochs i+1 and j+1."""
+    stacked = torch.stack(history).float()
+    differing = stacked @ (1 - stacked).T + (1 - stacked) @ stacked.T
+    return (differing / stacked.shape[1]).tolist()
+
+
+def heatmap(matrix, epsilon, found_epoch, path):
+    """The pairwise distance matrix as the paper draws it, with the ε contour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = len(matrix)
+    fig, axis = plt.subplots(figsize=(5.2, 4.4))
+    extent = (0.5, epochs + 0.5, epochs + 0.5, 0.5)
+    image = axis.imshow(matrix, cmap="viridis", vmin=0, extent=extent)
+    if epochs > 1:
+        grid = range(1, epochs + 1)
+        axis.contour(grid, grid, matrix, levels=[epsilon], colors="white", linewidths=1)
+    if found_epoch:
+        axis.axvline(found_epoch, color="red", lw=0.8)
+        axis.axhline(found_epoch, color="red", lw=0.8)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("epoch")
+    found = f"emerged at epoch {found_epoch}" if found_epoch else "not found"
+    axis.set_title(f"channel-mask distance (white: ε = {epsilon}); {found}", fontsize=9)
+    fig.colorbar(image, ax=axis)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,37 @@
+"""Fake quantisation for a low-precision Early-Bird search: Conv2d and Linear layers see their
+weights and inputs rounded to `bits`-bit integers (symmetric, per tensor) in the forward pass,
+while gradients pass straight through to the full-precision weights."""
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def fake_quantize(tensor, bits):
+    """`tensor` rounded onto 2^bits evenly spaced levels symmetric about 0 (straight-through grads)."""
+    top = 2 ** (bits - 1) - 1
+    scale = tensor.detach().abs().max().clamp(min=1e-12) / top
+    return torch.fake_quantize_per_tensor_affine(tensor, scale.item(), 0, -top - 1, top)
+
+
+@contextlib.contextmanager
+def fake_quantized(model, bits):
+    """Within the block, every Conv2d and Linear of `model` computes on quantised weights and
+    inputs. Parameter names and the state dict are untouched; leaving the block restores
+    full-precision forwards."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for layer in layers:
+        layer.forward = _quantized_forward(layer, bits)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+def _quantized_forward(layer, bits):
+    if isinstance(layer, nn.Conv2d):
+        return lambda x: layer._conv_forward(fake_quantize(x, bits), fake_quantize(layer.weight, bits), layer.bias)
+    return lambda x: F.linear(fake_quantize(x, bits), fake_quantize(layer.weight, bits), layer.bias)
