@@ -45,7 +45,10 @@ class ChannelError(ValueError):
 def groups(model):
     """The coupled channel groups of `model`, in graph order. The output layer's outputs (the
     classes) are never a group."""
-    graph, names = _graph(model)
+    return _groups(model, *_graph(model))
+
+
+def _groups(model, graph, names):
     output_layer = _module(model, _output_weight(model))
     found = []
     for group in graph.get_all_groups(ignored_layers=[output_layer], root_module_types=[nn.Conv2d, nn.Linear]):
@@ -98,14 +101,13 @@ def compact(model, mask):
     """A physically smaller copy of `model`: each channel the mask prunes is removed from every
     layer it touches. Its outputs equal the masked model's."""
     small = copy.deepcopy(model).eval()
-    channel_groups = groups(small)
-    keep = kept(channel_groups, mask)
     graph, names = _graph(small)
+    keep = kept(_groups(small, graph, names), mask)
     by_name = {name: module for module, name in names.items()}
-    for group in channel_groups:
-        pruned = (~keep[group.name]).nonzero().flatten().tolist()
+    for group_name, group_keep in keep.items():
+        pruned = (~group_keep).nonzero().flatten().tolist()
         if pruned:
-            root = by_name[group.name.removesuffix(".weight")]
+            root = by_name[group_name.removesuffix(".weight")]
             handler = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
             graph.get_pruning_group(root, handler, idxs=pruned).prune()
     small.train(model.training)

@@ -268,6 +268,8 @@ class Hparams:
                 )
 
     def _check_channels(self):
+        import torch
+
         from lottery import channels, data, models, pruning
 
         if "random_sparse" in self.controls.run:
@@ -278,8 +280,8 @@ class Hparams:
         if not channel_groups:
             raise ParamsError(f"prune.granularity = 'channel': {self.model.name} has no prunable channels")
         try:
-            if self.prune.strategy == "bn_slimming":
-                pruning.REGISTRY["bn_slimming"].channel_scores(model, channel_groups, None)
+            # A strategy that cannot score this model's channels (bn_slimming without BatchNorm) says so now.
+            pruning.REGISTRY[self.prune.strategy].channel_scores(model, channel_groups, torch.Generator())
             pruning.check_channel_budget(self.prune, {g.name: g.size for g in channel_groups}, self.rounds)
         except ValueError as err:
             raise ParamsError(str(err)) from None

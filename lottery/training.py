@@ -68,10 +68,16 @@ def make_optimizer(train_hp, params):
     return torch.optim.SGD(params, lr=train_hp.lr, momentum=train_hp.momentum)
 
 
-def batchnorm_l1(model):
-    """Σ|γ| over the BatchNorm scales: Network Slimming's sparsity term, which drives the γ of
-    unneeded channels towards zero so a global threshold can remove them."""
-    return sum(module.weight.abs().sum() for module in model.modules() if isinstance(module, nn.BatchNorm2d))
+def batchnorm_scales(model):
+    """The γ of every BatchNorm layer."""
+    return [module.weight for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
+
+
+def batchnorm_l1(model, scales=None):
+    """Σ|γ| over the BatchNorm scales (`scales`: batchnorm_scales(model), gathered once by the
+    caller): Network Slimming's sparsity term, which drives the γ of unneeded channels towards
+    zero so a global threshold can remove them."""
+    return sum(gamma.abs().sum() for gamma in (batchnorm_scales(model) if scales is None else scales))
 
 
 @torch.no_grad()
@@ -108,6 +114,7 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
     # faster than bool ones.
     masked = [(params[name], keep.to(device, torch.float32)) for name, keep in mask.items() if not bool(keep.all())]
     optimizer = make_optimizer(train_hp, model.parameters())
+    scales = batchnorm_scales(model) if train_hp.bn_l1 else None
     batch, size = train_hp.batch_size, len(splits.train)
     per_epoch = iterations_per_epoch(train_hp, splits)
     if per_epoch == 0:
@@ -143,7 +150,7 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
                     group["lr"] = learning_rate(train_hp, iteration)
             loss = F.cross_entropy(model(splits.train.x[index]), splits.train.y[index])
             if train_hp.bn_l1:
-                loss = loss + train_hp.bn_l1 * batchnorm_l1(model)
+                loss = loss + train_hp.bn_l1 * batchnorm_l1(model, scales)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if masked:

@@ -67,23 +67,30 @@ def check_channel_budget(prune_hp, sizes, rounds):
     minimum = prune_hp.min_channels
     if prune_hp.scope == "layerwise":
         for name, size in sizes.items():
-            remaining = size
-            for round_ in range(1, rounds + 1):
-                remaining -= round(prune_hp.rate * remaining)
-                if remaining < minimum:
-                    raise PruningError(
-                        f"prune.rate = {prune_hp.rate}: round {round_} would leave {name} {remaining} of {size} "
-                        f"channels, below prune.min_channels = {minimum}"
-                    )
+            crossed = _round_below(size, prune_hp.rate, rounds, minimum)
+            if crossed:
+                raise PruningError(
+                    f"prune.rate = {prune_hp.rate}: round {crossed[0]} would leave {name} {crossed[1]} of {size} "
+                    f"channels, below prune.min_channels = {minimum}"
+                )
         return
-    remaining = total = sum(sizes.values())
+    total = sum(sizes.values())
+    crossed = _round_below(total, prune_hp.rate, rounds, minimum * len(sizes))
+    if crossed:
+        raise PruningError(
+            f"prune.rate = {prune_hp.rate}: round {crossed[0]} would leave {crossed[1]} of {total} channels, "
+            f"fewer than prune.min_channels = {minimum} in each of {len(sizes)} layers"
+        )
+
+
+def _round_below(size, rate, rounds, floor):
+    """(round, channels left) of the first round that leaves fewer than `floor` of `size`, or None."""
+    remaining = size
     for round_ in range(1, rounds + 1):
-        remaining -= round(prune_hp.rate * remaining)
-        if remaining < minimum * len(sizes):
-            raise PruningError(
-                f"prune.rate = {prune_hp.rate}: round {round_} would leave {remaining} of {total} channels, "
-                f"fewer than prune.min_channels = {minimum} in each of {len(sizes)} layers"
-            )
+        remaining -= round(rate * remaining)
+        if remaining < floor:
+            return round_, remaining
+    return None
 
 
 def _select(prune_hp, scores, keep, rates, rounds):
