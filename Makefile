@@ -34,6 +34,7 @@ replicates: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PYTHON) bench/train_speed.py
 	$(PYTHON) bench/repro_time.py
+	$(PYTHON) bench/lineage_trust.py
 	$(PYTHON) bench/lth_mnist.py
 	$(PYTHON) bench/structured_fmnist.py
 	$(PYTHON) bench/early_bird_fmnist.py

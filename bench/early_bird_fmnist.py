@@ -26,7 +26,7 @@ import yaml
 
 from structured_fmnist import RESULTS, bench_params, enter_workspace, fresh_workdir, parse_seeded_args, run_seeds
 
-from lottery import paths, pipeline, tracking  # noqa: E402
+from lottery import paths, pipeline, records, tracking  # noqa: E402
 from lottery.io import read_json, write_json, write_text  # noqa: E402
 
 SUBSET = 10_000
@@ -140,7 +140,8 @@ def main():
         return one_seed(args)
 
     fresh_workdir(args.workdir)
-    tracking.Lineage(params(args, args.seeds[0], {}))  # create the store once
+    store_params = params(args, args.seeds[0], {})
+    tracking.publish(store_params, records.lineage(store_params))  # create the store once
     start = time.perf_counter()
     common = ["--epochs", str(args.epochs), "--finetune-epochs", str(args.finetune_epochs), "--workdir", str(args.workdir)]
     run_seeds(__file__, args.seeds, [*common, "--ratios", *map(str, args.ratios)])

@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lottery import hparams, paths, pipeline, replicates, report, tracking  # noqa: E402
+from lottery import hparams, paths, pipeline, records, replicates, report, tracking  # noqa: E402
 from lottery.io import write_json, write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -72,7 +72,7 @@ def main():
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     hp = bench_params(args.seeds[0], args.iterations, args.rounds)
-    tracking.Lineage(hp)  # create the SQLite store first: two processes migrating it at once collide
+    tracking.publish(hp, records.lineage(hp))  # create the SQLite store first: two processes migrating it at once collide
     start = time.perf_counter()
     common = ["--iterations", str(args.iterations), "--rounds", str(args.rounds), "--workdir", str(args.workdir)]
     workers = [subprocess.Popen([sys.executable, __file__, "--seed", str(seed), *common]) for seed in args.seeds]

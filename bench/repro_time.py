@@ -127,9 +127,7 @@ def main(argv=None):
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "repro_time.json")
     args = parser.parse_args(argv)
 
-    data_root = args.data_root.resolve()
-    if not (data_root / "MNIST" / "raw").is_dir():
-        sys.exit(f"error: {data_root / 'MNIST' / 'raw'} does not exist; run `dvc repro data` first")
+    data_root = mnist_root(args.data_root)
     workdir = Path(tempfile.mkdtemp(prefix="lottery-repro-"))
     try:
         results = measure(workdir, data_root)
@@ -140,9 +138,22 @@ def main(argv=None):
             print(f"kept {workdir}")
         else:
             shutil.rmtree(workdir)
-    write_json(args.output, results)
-    print(table(results))
-    print(f"\n{args.output}")
+    save(args.output, results, table(results))
+
+
+def mnist_root(path):
+    """`path` resolved, if it is a torchvision root holding MNIST/raw/; else exit with one line."""
+    root = path.resolve()
+    if not (root / "MNIST" / "raw").is_dir():
+        sys.exit(f"error: {root / 'MNIST' / 'raw'} does not exist; run `dvc repro data` first")
+    return root
+
+
+def save(path, results, text):
+    """Write the results (atomically) and print their table and where they went."""
+    write_json(path, results)
+    print(text)
+    print(f"\n{path}")
 
 
 if __name__ == "__main__":

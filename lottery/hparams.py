@@ -1,7 +1,12 @@
 """Typed hyperparameters read from params.yaml, validated in one place before any work starts.
 
 Every key is required in params.yaml, so an experiment's params file says everything that
-shaped it. A bad value raises `ParamsError` whose one-line message names the key.
+shaped it. A bad value raises `ParamsError` whose one-line message names the key. The file is
+read as YAML 1.2, as DVC reads it (lottery.yaml12).
+
+`Hparams.identity()` is the part of the params that determines the results: each section drops
+the keys that cannot change what the pipeline computes (where the data came from, the device,
+the settings of a method that is switched off). Lineages are named by it (lottery.provenance).
 """
 
 import dataclasses
@@ -14,13 +19,23 @@ from pathlib import Path
 
 import yaml
 
+from lottery import yaml12
+from lottery.errors import UserError
 
-class ParamsError(ValueError):
+
+class ParamsError(UserError, ValueError):
     """A params.yaml value that cannot be used; the message names the key."""
 
 
+class Section:
+    """A params section; `identity()` gives the keys that can change what the pipeline computes."""
+
+    def identity(self):
+        return _fields(self)
+
+
 @dataclass(frozen=True)
-class DataHparams:
+class DataHparams(Section):
     dataset: str  # registry name in lottery.data
     source: str  # package | local | download
     local_root: str  # an existing torchvision root, used when source is `local`
@@ -42,10 +57,26 @@ class DataHparams:
         _at_least("data.validation_size", self.validation_size, 1)
         _at_least("data.train_subset", self.train_subset, 0)
         _at_least("data.test_subset", self.test_subset, 0)
+        available = data.DATASETS[self.dataset].train_size
+        if self.validation_size >= available:
+            raise ParamsError(
+                f"data.validation_size = {self.validation_size}: {self.dataset} has only {available} training examples"
+            )
+
+    def training_examples(self):
+        """How many examples the training split holds once the validation set is held out."""
+        from lottery import data
+
+        remaining = data.DATASETS[self.dataset].train_size - self.validation_size
+        return min(self.train_subset, remaining) if self.train_subset else remaining
+
+    def identity(self):
+        # Where the files came from does not matter: every source is checked against the same digests.
+        return _fields(self, drop=("source", "local_root"))
 
 
 @dataclass(frozen=True)
-class ModelHparams:
+class ModelHparams(Section):
     name: str  # registry name in lottery.models
     width: float  # channel multiplier of the VGG and ResNet models (1.0 = the paper's widths)
 
@@ -59,7 +90,7 @@ class ModelHparams:
 
 
 @dataclass(frozen=True)
-class TrainHparams:
+class TrainHparams(Section):
     optimizer: str  # adam | sgd
     lr: float
     momentum: float  # SGD only
@@ -92,10 +123,19 @@ class TrainHparams:
         if not 0 < self.gamma <= 1:
             raise ParamsError(f"train.gamma = {self.gamma!r}: must be in (0, 1]")
         _at_least("train.bn_l1", self.bn_l1, 0)
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ParamsError("train.device = 'cuda': torch finds no CUDA device here (use 'auto' or 'cpu')")
+
+    def identity(self):
+        # The device is recorded with each run's environment (lottery.provenance), not in its name.
+        return _fields(self, drop=("device",) + (("momentum",) if self.optimizer != "sgd" else ()))
 
 
 @dataclass(frozen=True)
-class PruneHparams:
+class PruneHparams(Section):
     strategy: str  # registry name in lottery.pruning
     scope: str  # layerwise: each layer loses its own rate; global: one ranking over all layers
     rate: float  # fraction of the remaining weights removed per round (fully-connected layers)
@@ -123,7 +163,7 @@ class PruneHparams:
 
 
 @dataclass(frozen=True)
-class RewindHparams:
+class RewindHparams(Section):
     target: str  # init: θk (LTH) | finetune: the pruned trained weights | scratch: a fresh random init
     iteration: int  # k for target init: rewind to the dense run's weights at iteration k (0 = θ0)
     finetune_lr: float  # target finetune: a constant learning rate ...
@@ -141,9 +181,17 @@ class RewindHparams:
         _one_of("rewind.scratch_budget", self.scratch_budget, ("same", "flops"))
         _at_least("rewind.max_budget_factor", self.max_budget_factor, 1)
 
+    def identity(self):
+        unused = {
+            "init": ("finetune_lr", "finetune_iterations", "scratch_budget", "max_budget_factor"),
+            "finetune": ("scratch_budget", "max_budget_factor"),
+            "scratch": ("finetune_lr", "finetune_iterations"),
+        }[self.target]
+        return _fields(self, drop=unused)
+
 
 @dataclass(frozen=True)
-class ControlsHparams:
+class ControlsHparams(Section):
     run: list[str]  # control branches trained beside each round's ticket (lottery.controls)
     same_sign: bool  # reinit_from_ticket keeps each weight's original sign
 
@@ -157,7 +205,7 @@ class ControlsHparams:
 
 
 @dataclass(frozen=True)
-class EarlyBirdHparams:
+class EarlyBirdHparams(Section):
     enabled: bool  # search for an Early-Bird ticket while training dense (round 0)
     ratio: float  # fraction of channels the drawn masks prune (must equal prune.rate)
     epsilon: float  # the ticket has emerged when the last `queue` mask distances are all below ε
@@ -173,9 +221,12 @@ class EarlyBirdHparams:
         if self.quantize_bits and not 2 <= self.quantize_bits <= 16:
             raise ParamsError(f"early_bird.quantize_bits = {self.quantize_bits}: must be 0 (off) or 2..16")
 
+    def identity(self):
+        return _fields(self) if self.enabled else {"enabled": False}
+
 
 @dataclass(frozen=True)
-class CompactHparams:
+class CompactHparams(Section):
     latency_repeats: int  # timed forward passes per latency figure (their median is reported)
 
     def check(self):
@@ -183,7 +234,7 @@ class CompactHparams:
 
 
 @dataclass(frozen=True)
-class TrackingHparams:
+class TrackingHparams(Section):
     experiment: str  # MLflow experiment name
     uri: str  # '' = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the project root
     registered_model: str  # Model Registry name for the smallest matching ticket; '' = do not register
@@ -194,7 +245,7 @@ class TrackingHparams:
 
 
 @dataclass(frozen=True)
-class ReportHparams:
+class ReportHparams(Section):
     tolerance: float  # a ticket "matches dense" if its test accuracy is at most this much lower
 
     def check(self):
@@ -216,6 +267,7 @@ SECTIONS = {
 # Sections that do not change what the lineage's tickets are: they stay out of its identity, so
 # adding rounds or controls extends a lineage rather than starting a new one.
 NOT_LINEAGE = ("tracking", "report", "rounds", "controls", "compact")
+IDENTITY_SECTIONS = tuple(name for name in SECTIONS if name not in NOT_LINEAGE)
 
 
 @dataclass(frozen=True)
@@ -251,6 +303,11 @@ class Hparams:
             raise ParamsError(
                 f"controls.run = {self.controls.run}: the LTH controls need rewind.target 'init' "
                 f"(not {self.rewind.target!r}); compare targets as separate experiments"
+            )
+        if self.train.batch_size > self.data.training_examples():
+            raise ParamsError(
+                f"train.batch_size = {self.train.batch_size}: larger than the training split "
+                f"({self.data.training_examples()} examples)"
             )
         if self.early_bird.enabled:
             self._check_early_bird()
@@ -292,19 +349,24 @@ class Hparams:
         ticket = [(round_, None) for round_ in range(self.rounds + 1)]
         return ticket + [(round_, name) for round_ in range(1, self.rounds + 1) for name in self.controls.run]
 
-    @property
-    def lineage_hash(self):
-        """Identity of what the lineage computes: every param but those in NOT_LINEAGE."""
-        return _digest({k: v for k, v in self.raw.items() if k not in NOT_LINEAGE})
+    def identity(self):
+        """The params that determine the results, typed: the seed and each section's identity; the
+        sections in NOT_LINEAGE (and keys a section drops) do not change what is computed."""
+        return {"seed": self.seed, **{name: getattr(self, name).identity() for name in IDENTITY_SECTIONS}}
 
     @property
-    def replicate_group(self):
-        """Identity of the lineages that differ from this one in their seed alone."""
-        return _digest({k: v for k, v in self.raw.items() if k not in NOT_LINEAGE and k != "seed"})
+    def params_hash(self):
+        """Digest of `identity()`: equal for params files that compute the same thing."""
+        return digest(self.identity())
 
 
-def _digest(tree):
+def digest(tree):
+    """A short, stable digest of a JSON-able tree (key order does not matter)."""
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _fields(section, drop=()):
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.name not in drop}
 
 
 def from_dict(raw):
@@ -328,7 +390,7 @@ def from_dict(raw):
 def load(path="params.yaml"):
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml12.load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such params file") from None
     except yaml.YAMLError as err:

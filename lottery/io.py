@@ -1,10 +1,16 @@
-"""Atomic writes: a reader never sees a half-written output, a failed write leaves the old one."""
+"""Atomic, byte-stable writes: a reader never sees a half-written output, a failed write leaves
+the old one, and the same content always gives the same bytes (so DVC sees no change where there
+is none)."""
 
+import csv
+import io
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from lottery.errors import MissingInput
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -26,15 +32,57 @@ def atomic_path(path):
         raise
 
 
-def write_json(path, obj):
+def write_bytes(path, payload):
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_bytes(payload)
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path):
-    return json.loads(Path(path).read_text())
+    return json.loads(read_text(path))
 
 
 def write_text(path, text):
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_bytes(path, text.encode())
+
+
+def read_text(path):
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise MissingInput(path) from None
+
+
+def csv_text(rows, columns):
+    """Rows of dicts as CSV text with a header; keys outside `columns` are left out."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def save_torch(path, obj):
+    """torch.save `obj` to `path` with bytes that depend on `obj` alone.
+
+    Saved to a file name, torch writes that name's stem into the archive (its root folder), so a
+    temporary name would make every save differ; saved to a buffer, the root is always 'archive'.
+    """
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def load_torch(path):
+    """A file written by `save_torch` (tensors and plain containers only: no pickled code)."""
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise MissingInput(path) from None

@@ -12,16 +12,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from lottery import hparams, masks, paths, tracking
-from lottery.io import read_json
+from lottery import deps, hparams, masks, paths, records, tracking
+from lottery.errors import UserError
+from lottery.io import load_torch, read_json
 
 ROUND_METRICS = ("weights_remaining", "test_accuracy_at_early_stop", "early_stop_iteration", "final_test_accuracy")
 KEY_PARAMS = ("model.name", "data.dataset", "prune.strategy", "prune.rate", "rewind.iteration", "seed")
 
 
-class LineageError(RuntimeError):
+class LineageError(UserError, RuntimeError):
     """A lineage that cannot be found, or cannot be compared or reproduced."""
 
 
@@ -112,7 +111,7 @@ class Store:
             return None
         with tempfile.TemporaryDirectory() as tmp:
             local = self.client.download_artifacts(run.info.run_id, "mask.pt", tmp)
-            return torch.load(local, weights_only=True)
+            return load_torch(local)
 
 
 def summary_row(lineage):
@@ -124,7 +123,8 @@ def summary_row(lineage):
         "parent_run_id": lineage.parent.info.run_id,
         "name": lineage.name,
         "dvc_experiment": tags.get("lottery.dvc_experiment", ""),
-        "git_commit": tags.get("lottery.git_commit", "")[:10],
+        "git_commit": tags.get(tracking.COMMIT_TAG, "")[:10] + ("+dirty" if tags.get(tracking.DIRTY_TAG) == "true" else ""),
+        "code": tags.get(tracking.CODE_TAG, "")[:8],
         **{key: params.get(key) for key in KEY_PARAMS},
         "rounds": last,
         "weights_remaining": final.get("weights_remaining"),
@@ -170,6 +170,7 @@ def diff(store, a, b):
         for key in sorted(set(params_a) | set(params_b))
         if params_a.get(key) != params_b.get(key)
     }
+    code_a, code_b = (side.parent.data.tags.get(tracking.CODE_TAG) for side in (a, b))
     rounds = []
     for round_ in sorted(set(a.rounds) & set(b.rounds)):
         metrics_a, metrics_b = a.metrics(round_), b.metrics(round_)
@@ -184,6 +185,7 @@ def diff(store, a, b):
         "a": a.parent.info.run_id,
         "b": b.parent.info.run_id,
         "params": params,
+        "code": None if code_a == code_b else {"a": code_a, "b": code_b},
         "rounds": rounds,
         "rounds_only_in_a": sorted(set(a.rounds) - set(b.rounds)),
         "rounds_only_in_b": sorted(set(b.rounds) - set(a.rounds)),
@@ -194,12 +196,13 @@ def differs(result):
     """Whether a diff shows any difference at all."""
     metric_change = any(m["delta"] for r in result["rounds"] for m in r["metrics"].values())
     mask_change = any(o["hamming"] for r in result["rounds"] for o in (r["masks"] or {}).values())
-    return bool(result["params"] or metric_change or mask_change or result["rounds_only_in_a"] or result["rounds_only_in_b"])
+    return bool(result["params"] or result["code"] or metric_change or mask_change or result["rounds_only_in_a"] or result["rounds_only_in_b"])
 
 
 def reproduce(store, lineage, project_root, keep=False):
     """Re-run a lineage from its git commit and exact params in a fresh worktree with `dvc repro`,
-    then compare every round's metrics and mask hash with the recorded ones."""
+    then compare every round's metrics and mask hash with the recorded ones, and name what differs
+    between the recorded run and this one: the code, and each round's training environment."""
     commit = lineage.parent.data.tags.get("lottery.git_commit")
     if not commit:
         raise LineageError(f"{lineage.name}: its runs recorded no git commit, so its code cannot be restored")
@@ -207,7 +210,7 @@ def reproduce(store, lineage, project_root, keep=False):
     worktree = workdir / "project"
     _run(["git", "worktree", "add", "--detach", str(worktree), commit], project_root)
     try:
-        params = store.client.download_artifacts(lineage.parent.info.run_id, tracking.PARAMS_ARTIFACT, str(workdir))
+        params = store.client.download_artifacts(lineage.parent.info.run_id, records.PARAMS_ARTIFACT, str(workdir))
         shutil.copyfile(params, worktree / "params.yaml")
         hp = hparams.load(worktree / "params.yaml")
         env = {
@@ -225,7 +228,8 @@ def reproduce(store, lineage, project_root, keep=False):
 
 
 def compare(lineage, root, hp):
-    """Recorded vs re-computed: each round's metrics and mask hash."""
+    """Recorded vs re-computed: each round's metrics and mask hash; and `differences`, what else
+    differs between the two runs (code, torch, device, threads, Python) to explain a mismatch."""
     checks = []
     for round_ in range(hp.rounds + 1):
         recorded = lineage.branches.get((round_, None))
@@ -234,12 +238,38 @@ def compare(lineage, root, hp):
             expected = recorded.data.metrics.get(key) if recorded else None
             checks.append({"round": round_, "what": key, "recorded": expected, "reproduced": fresh[key],
                            "match": expected is not None and abs(expected - fresh[key]) <= 1e-9})
-        model_mask = torch.load(root / paths.mask(round_), weights_only=True)
-        expected = recorded.data.tags.get(tracking.MASK_DIGEST_TAG) if recorded else None
+        model_mask = load_torch(root / paths.mask(round_))
+        expected = recorded.data.tags.get(records.MASK_DIGEST_TAG) if recorded else None
         digest = masks.digest(model_mask)
         checks.append({"round": round_, "what": "mask_sha256", "recorded": expected, "reproduced": digest,
                        "match": expected == digest})
-    return {"match": all(c["match"] for c in checks), "checks": checks}
+    return {"match": all(c["match"] for c in checks), "checks": checks, "differences": differences(lineage, root, hp)}
+
+
+def differences(lineage, root, hp):
+    """What the recorded lineage and the run in `root` did not share: the code (its digest, and
+    whether the recorded run used uncommitted code) and, per round, the training environment."""
+    found = []
+    tags = lineage.parent.data.tags
+    recorded_code, code = tags.get(tracking.CODE_TAG), deps.code_digest(Path(root))
+    if recorded_code != code:
+        found.append({"round": None, "what": "code", "recorded": recorded_code, "reproduced": code})
+    if tags.get(tracking.DIRTY_TAG) == "true":
+        commit = tags.get(tracking.COMMIT_TAG, "")[:10]
+        found.append({"round": None, "what": "uncommitted code", "recorded": f"on top of {commit}", "reproduced": "none"})
+    for round_ in range(hp.rounds + 1):
+        run = lineage.branches.get((round_, None))
+        recorded = {
+            key[len(records.ENVIRONMENT_TAG) :]: value
+            for key, value in (run.data.tags.items() if run else [])
+            if key.startswith(records.ENVIRONMENT_TAG)
+        }
+        log = read_json(root / paths.training_log(round_))
+        reproduced = {key: str(value) for key, value in log.get("environment", {}).items()}
+        for key in sorted(set(recorded) | set(reproduced)):
+            if recorded.get(key) != reproduced.get(key):
+                found.append({"round": round_, "what": key, "recorded": recorded.get(key), "reproduced": reproduced.get(key)})
+    return found
 
 
 def _run(command, cwd, env=None):

@@ -8,10 +8,11 @@ import hashlib
 
 import torch
 
-from lottery.io import atomic_path
+from lottery.errors import UserError
+from lottery.io import load_torch, save_torch
 
 
-class MaskError(ValueError):
+class MaskError(UserError, ValueError):
     """A mask that does not fit the model it is applied to."""
 
 
@@ -35,12 +36,11 @@ def validate(mask, model):
 
 
 def save(mask, path):
-    with atomic_path(path) as tmp:
-        torch.save({name: keep.cpu() for name, keep in mask.items()}, tmp)
+    save_torch(path, {name: keep.cpu() for name, keep in mask.items()})
 
 
 def load(path, model):
-    return validate(torch.load(path, weights_only=True, map_location="cpu"), model)
+    return validate(load_torch(path), model)
 
 
 def apply(model, mask):

@@ -12,6 +12,18 @@ def dataset_root(dataset):
     return DATA / dataset
 
 
+def code_stamps():
+    """Written by the `code` stage: one stamp per stage script, `<name>.json` (lottery.deps), which
+    that script's stages depend on."""
+    return MODELS / "code"
+
+
+def params_validated():
+    """Written by the `validate` stage once params.yaml passes; every other stage depends on it, so
+    DVC stops at a bad value before it deletes any other stage's outputs. Its bytes never change."""
+    return MODELS / "params.validated"
+
+
 def init_checkpoint():
     return MODELS / "init" / "init.pt"
 

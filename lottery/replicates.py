@@ -2,14 +2,16 @@
 
 Each seed is a full lineage (its own init, data order and masks), usually one DVC experiment:
 `dvc exp run -S seed=1`. This gathers the round and control runs of every lineage in the
-current params' replicate group and reports them over seeds, like `report` does for one seed.
+current params' replicate group (the same code and the same params but the seed) and reports
+them over seeds, like `report` does for one seed.
 """
 
-from lottery import paths, report, tracking
+from lottery import paths, provenance, report, tracking
+from lottery.errors import UserError
 from lottery.io import write_json, write_text
 
 
-class ReplicateError(RuntimeError):
+class ReplicateError(UserError, RuntimeError):
     """A seed's lineage lacks a round or control that params ask for."""
 
 
@@ -18,7 +20,7 @@ def measurements(hp):
     from lottery.lineage import Store
 
     store = Store(tracking.tracking_uri(hp.tracking), hp.tracking.experiment)
-    parents = store.parents(replicate_group=hp.replicate_group)
+    parents = store.parents(replicate_group=provenance.replicate_group(hp))
     if not parents:
         raise ReplicateError("no lineage of these params in MLflow yet: run the pipeline first")
     result = {}

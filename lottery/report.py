@@ -4,15 +4,12 @@
 seed]}; round 0 of the ticket is the dense network. A single lineage is one seed.
 """
 
-import csv
-import io as _io
 import statistics
 
-from lottery.io import atomic_path
+from lottery.io import atomic_path, csv_text
 
 TICKET = "ticket"
 COMPARED = ("test_accuracy_at_early_stop", "early_stop_iteration", "final_test_accuracy")
-CURVE_COLUMNS = ("iteration", "validation_loss", "validation_accuracy", "test_loss", "test_accuracy")
 
 
 def stats(values):
@@ -75,7 +72,7 @@ def rounds_csv(summary):
             for metric, s in r.get(branch, {}).items():
                 row.update({f"{branch}_{metric}": s["mean"], f"{branch}_{metric}_min": s["min"], f"{branch}_{metric}_max": s["max"]})
         rows.append(row)
-    return _csv(rows, columns)
+    return csv_text(rows, columns)
 
 
 COMPRESSION_FIGURES = ("parameters", "flops", "bytes", "latency_ms_batch_1", "latency_ms_batch_64")
@@ -92,7 +89,7 @@ def compression_csv(reports):
         row = {"round": r["round"], "form": r["form"], **{key: r[key] for key in SPEEDUPS}}
         row.update({f"{side}_{f}": r[side][f] for f in COMPRESSION_FIGURES for side in ("dense", "compact")})
         rows.append(row)
-    return _csv(rows, columns)
+    return csv_text(rows, columns)
 
 
 def format_compression_table(reports):
@@ -123,18 +120,6 @@ def format_early_bird(saved):
         f"{saved['epochs_standard']:.1f} epochs, {saved['training_flops_standard']:.3g} FLOPs; "
         f"{saved['compute_saving']:.2f}x less compute."
     )
-
-
-def curve_csv(curve):
-    return _csv(curve, CURVE_COLUMNS)
-
-
-def read_curve_csv(path):
-    with open(path, newline="") as f:
-        return [
-            {key: (int(value) if key == "iteration" else float(value)) for key, value in row.items()}
-            for row in csv.DictReader(f)
-        ]
 
 
 def format_table(summary):
@@ -191,11 +176,3 @@ def figure(summary, path):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-
-
-def _csv(rows, columns):
-    out = _io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()

@@ -1,20 +1,31 @@
-"""MLflow lineage: one parent run per lineage, one child run per round.
+"""MLflow lineage: one parent run per lineage, one child run per round, a nested run per control.
 
-Runs are found by tags (lineage hash, round) rather than remembered, so every stage of a round
-logs into the same child run, a stage that DVC restored from its cache leaves nothing missing
-that `report` cannot fill in, and running a stage twice never duplicates a run. Tracking is a
-side channel: when the store cannot be reached, a stage warns in one line and still finishes.
+A lineage is one configuration of code and params (lottery.provenance). Runs are found by tags
+(lineage, kind, round, control) rather than remembered, so every stage of a round logs into the
+same child run and running a stage twice never duplicates a run. `publish` logs a record
+(lottery.records) idempotently: params and step-0 metrics only where the run lacks them, step
+metrics only at steps it lacks, files only where it lacks one of that name, so nothing is
+appended twice; the run is then marked FINISHED (FAILED if logging broke off).
+
+Tracking is a side channel: when the store cannot be reached, a stage prints one warning line and
+still finishes; `lottery sync` (and the `report` stage) fill MLflow in later. An HTTP(S) store is
+probed first (GET /health, at most PROBE_TIMEOUT_S), and the answer is kept for PROBE_REUSE_S in a
+small file in the temporary directory, so after an outage the following stages skip tracking at
+once instead of each waiting out MLflow's timeouts.
 """
 
+import hashlib
+import json
+import math
 import os
-import subprocess
 import sys
-from contextlib import contextmanager
+import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-import yaml
-
-from lottery import io
+from lottery import deps, io, provenance, records
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 LINEAGE_TAG = "lottery.lineage"
@@ -22,285 +33,326 @@ ROUND_TAG = "lottery.round"
 KIND_TAG = "lottery.kind"
 CONTROL_TAG = "lottery.control"
 REPLICATE_TAG = "lottery.replicate_group"
-MASK_DIGEST_TAG = "lottery.mask_sha256"
-PARAMS_ARTIFACT = "params.yaml"
+CODE_TAG = "lottery.code"
+COMMIT_TAG = "lottery.git_commit"
+DIRTY_TAG = "lottery.git_dirty"
+EXPERIMENT_TAG = "lottery.dvc_experiment"
 # A final metric every round's run carries once its results are logged.
 COMPLETE_METRIC = "test_accuracy_at_early_stop"
 
-# An unreachable server should cost seconds, not MLflow's default minutes of retries.
+PROBE_TIMEOUT_S = 3.0
+PROBE_REUSE_S = 300.0
+PROBE_DIR = Path(tempfile.gettempdir()) / "lottery-tracking-probes"
+
+# A server that stops answering mid-stage costs one timeout, not MLflow's default minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+_stores = {}  # (uri, experiment, lineage) -> Store, for this process
+_unreachable = {}  # uri -> why, once this process has given up on it
 
 
 def tracking_uri(tracking_hp):
     return tracking_hp.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
-class Lineage:
-    """The MLflow runs of one lineage (one params set), created on first use."""
+def publish(hp, *items, fresh_probe=False):
+    """Log records into the lineage's runs; on an unreachable store, warn once and go on."""
+    store = _store(hp, fresh_probe)
+    if store is None:
+        return
+    try:
+        for record in items:
+            store.publish(record)
+    except Exception as err:  # tracking must never cost a stage its outputs
+        _give_up(store.uri, err)
 
-    def __init__(self, hp):
+
+def branch_failed(hp, round_=0, control=None):
+    """Mark a round's run (or its control's) FAILED, if it exists: a stage of it raised."""
+    _mark_failed(hp, records.branch_run(round_, control))
+
+
+def lineage_failed(hp):
+    """Mark the lineage's parent run FAILED, if it exists: init or report raised."""
+    _mark_failed(hp, records.LINEAGE)
+
+
+def _mark_failed(hp, run):
+    store = _store(hp)
+    if store is None:
+        return
+    try:
+        run_id = store.run_id(run, create=False)
+        if run_id:
+            store.client.set_terminated(run_id, "FAILED")
+    except Exception as err:
+        _give_up(store.uri, err)
+
+
+def run_ids(hp):
+    """{'parent_run_id': ..., 'round_run_ids': {round: id}} of the lineage (None where unreachable)."""
+    store = _store(hp)
+    try:
+        parent = store.run_id(records.LINEAGE) if store else None
+        rounds = {r: store.run_id(records.branch_run(r), create=False) for r in range(hp.rounds + 1)} if store else {}
+    except Exception as err:
+        _give_up(store.uri, err)
+        parent, rounds = None, {}
+    return {"parent_run_id": parent, "round_run_ids": {str(r): run for r, run in rounds.items() if run}}
+
+
+def register_ticket(hp, model, round_, example):
+    """Register a round's ticket in the Model Registry once (see Store.register); its version, or None."""
+    store = _store(hp)
+    if store is None:
+        return None
+    try:
+        return store.register(model, round_, example)
+    except Exception as err:
+        _give_up(store.uri, err)
+        return None
+
+
+class Store:
+    """One lineage's runs in one MLflow experiment, as seen by this process."""
+
+    def __init__(self, hp, uri):
         from mlflow.tracking import MlflowClient
 
-        self.hp = hp
-        self.client = MlflowClient(tracking_uri(hp.tracking))
+        self.hp, self.uri = hp, uri
+        self.lineage = provenance.lineage_id(hp)
+        self.client = MlflowClient(uri)
         experiment = self.client.get_experiment_by_name(hp.tracking.experiment)
         self.experiment_id = (
             experiment.experiment_id if experiment else self.client.create_experiment(hp.tracking.experiment)
         )
-        self._parent = None
+        self._ids = {}
 
-    def parent_run_id(self):
-        if self._parent is None:
-            self._parent = self._find_or_create({KIND_TAG: "lineage"}, self._parent_tags)
-        return self._parent
+    def run_id(self, run, create=True):
+        """The run carrying this lineage's and `run`'s tags; created if missing (unless `create` is False)."""
+        if run not in self._ids:
+            identity = {KIND_TAG: run.kind}
+            if run.round is not None:
+                identity[ROUND_TAG] = str(run.round)
+            if run.control:
+                identity[CONTROL_TAG] = run.control
+            condition = " and ".join(f"tags.`{k}` = '{v}'" for k, v in {LINEAGE_TAG: self.lineage, **identity}.items())
+            found = self.client.search_runs(
+                [self.experiment_id], filter_string=condition, order_by=["attributes.start_time ASC"], max_results=1
+            )
+            if found:
+                self._ids[run] = found[0].info.run_id
+            elif not create:
+                return None
+            else:
+                tags = {LINEAGE_TAG: self.lineage, **identity, **self._creation_tags(run)}
+                self._ids[run] = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+        return self._ids[run]
 
-    def round_run_id(self, round_):
-        return self._find_or_create({KIND_TAG: "round", ROUND_TAG: str(round_)}, lambda: self._round_tags(round_))
-
-    def control_run_id(self, round_, control):
-        """A control branch's run, nested under its round's run."""
-        identity = {KIND_TAG: "control", ROUND_TAG: str(round_), CONTROL_TAG: control}
-        return self._find_or_create(
-            identity,
-            lambda: {"mlflow.parentRunId": self.round_run_id(round_), "mlflow.runName": f"round-{round_}-{control}"},
-        )
-
-    def _find_or_create(self, identity, creation_tags):
-        """The run of this lineage carrying the `identity` tags; created (with `creation_tags()`) if none."""
-        condition = " and ".join(f"tags.`{k}` = '{v}'" for k, v in {LINEAGE_TAG: self.hp.lineage_hash, **identity}.items())
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=condition, order_by=["attributes.start_time ASC"], max_results=1
-        )
-        if runs:
-            return runs[0].info.run_id
-        tags = {LINEAGE_TAG: self.hp.lineage_hash, **identity, **creation_tags()}
-        run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
-        if identity[KIND_TAG] == "lineage":
-            self._log(run_id, params=flatten(self.hp.raw))
-            # The exact params, typed, so `lottery lineage reproduce` can run them again.
-            self.client.log_text(run_id, yaml.safe_dump(self.hp.raw, sort_keys=False), PARAMS_ARTIFACT)
-        return run_id
-
-    def _parent_tags(self):
-        return {
-            "mlflow.runName": f"lineage-{self.hp.lineage_hash[:8]}",
-            "lottery.params_hash": self.hp.lineage_hash,
-            REPLICATE_TAG: self.hp.replicate_group,
-            "lottery.seed": str(self.hp.seed),
-            "lottery.git_commit": _git_commit(),
-            "lottery.dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),
-        }
-
-    def _round_tags(self, round_):
-        tags = {"mlflow.parentRunId": self.parent_run_id(), "mlflow.runName": f"round-{round_}"}
-        if round_ > 0:
-            tags["lottery.previous_round_run_id"] = self.round_run_id(round_ - 1)
+    def _creation_tags(self, run):
+        if run.kind == "lineage":
+            git = provenance.git_state()
+            return {
+                "mlflow.runName": f"lineage-{self.lineage[:8]}",
+                "lottery.params_hash": self.hp.params_hash,
+                CODE_TAG: deps.code_digest(),
+                REPLICATE_TAG: provenance.replicate_group(self.hp),
+                "lottery.seed": str(self.hp.seed),
+                COMMIT_TAG: git["commit"],
+                DIRTY_TAG: str(git["dirty"]).lower(),
+                EXPERIMENT_TAG: provenance.dvc_experiment(),
+            }
+        if run.kind == "control":
+            parent = self.run_id(records.branch_run(run.round))
+            return {"mlflow.parentRunId": parent, "mlflow.runName": f"round-{run.round}-{run.control}"}
+        tags = {"mlflow.parentRunId": self.run_id(records.LINEAGE), "mlflow.runName": f"round-{run.round}"}
+        if run.round > 0:
+            tags["lottery.previous_round_run_id"] = self.run_id(records.branch_run(run.round - 1))
         return tags
 
-    def _log(self, run_id, metrics=None, params=None, tags=None, step=0):
+    def publish(self, record):
         from mlflow.entities import Metric, Param, RunTag
 
-        timestamp = _now_ms()
-        metrics = [Metric(k, float(v), timestamp, step) for k, v in (metrics or {}).items()]
-        params = [Param(k, str(v)) for k, v in (params or {}).items()]
-        tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-        for start in range(0, max(len(metrics), len(params), len(tags)), 100):
+        run_id = self.run_id(record.run)
+        found = self.client.get_run(run_id)
+        if found.info.lifecycle_stage == "deleted":  # deleted since this process found it: find or make another
+            del self._ids[record.run]
+            run_id = self.run_id(record.run)
+            found = self.client.get_run(run_id)
+        status = "FAILED"
+        try:
+            held = found.data
+            tags = dict(record.tags)
+            if record.run == records.LINEAGE:
+                tags.update(_provenance_updates(held.tags))
+            now = int(time.time() * 1000)
+            params = [Param(k, str(v)) for k, v in record.params.items() if k not in held.params]
+            metrics = [Metric(k, float(v), now, 0) for k, v in record.metrics.items() if k not in held.metrics]
+            for key, points in record.series.items():
+                logged = {m.step for m in self.client.get_metric_history(run_id, key)} if key in held.metrics else set()
+                metrics += [Metric(key, float(value), now, step) for step, value in points if step not in logged]
+            changed = [RunTag(k, str(v)) for k, v in tags.items() if held.tags.get(k) != str(v)]
+            self._log_batch(run_id, metrics, params, changed)
+            present = {a.path for a in self.client.list_artifacts(run_id)} if record.artifacts else set()
+            for path in record.artifacts:
+                if Path(path).name not in present:
+                    self.client.log_artifact(run_id, str(path))
+            for path in record.latest_artifacts:
+                self.client.log_artifact(run_id, str(path))
+            for name, text in record.texts.items():
+                self.client.log_text(run_id, text, name)
+            status = "FINISHED"
+        finally:
+            self.client.set_terminated(run_id, status)
+
+    def _log_batch(self, run_id, metrics, params, tags):
+        # One call when everything fits MLflow's batch limits: 1000 metrics, 100 params, 100 tags.
+        calls = max(math.ceil(len(metrics) / 1000), math.ceil(len(params) / 100), math.ceil(len(tags) / 100))
+        for i in range(calls):
             self.client.log_batch(
                 run_id,
-                metrics=metrics[start : start + 100],
-                params=params[start : start + 100],
-                tags=tags[start : start + 100],
+                metrics=metrics[1000 * i : 1000 * (i + 1)],
+                params=params[100 * i : 100 * (i + 1)],
+                tags=tags[100 * i : 100 * (i + 1)],
             )
 
+    def register(self, model, round_, example):
+        """Log a round's ticket as an MLflow PyTorch model on the parent run and register it as
+        `tracking.registered_model`, unless this lineage registered that round already.
 
-class RoundRun:
-    """What a stage logs into its round's child run."""
+        The model is saved in MLflow's safe `pt2` format (torch.export, no pickled code), traced on
+        `example` (a few real inputs), with `mlflow.pytorch.save_model`, then logged through this
+        store's client: `log_model` would set MLflow's process-wide tracking URI and active run.
+        """
+        import mlflow.pytorch
+        import torch
 
-    def __init__(self, lineage, run_id):
-        self.lineage, self.run_id = lineage, run_id
-
-    def log(self, metrics=None, params=None, tags=None, step=0):
-        self.lineage._log(self.run_id, metrics=metrics, params=params, tags=tags, step=step)
-
-    def log_curve(self, curve):
-        """Step metrics: one point per evaluation, stepped by training iteration."""
-        from mlflow.entities import Metric
-
-        timestamp = _now_ms()
-        points = [
-            Metric(key, float(value), timestamp, point["iteration"])
-            for point in curve
-            for key, value in point.items()
-            if key != "iteration"
-        ]
-        for start in range(0, len(points), 1000):
-            self.lineage.client.log_batch(self.run_id, metrics=points[start : start + 1000])
-
-    def log_artifact(self, path):
-        self.lineage.client.log_artifact(self.run_id, str(path))
-
-    def log_artifact_once(self, path):
-        """Log a file unless the run already holds an artifact of that name."""
-        present = {artifact.path for artifact in self.lineage.client.list_artifacts(self.run_id)}
-        if Path(path).name not in present:
-            self.log_artifact(path)
-
-    def has_results(self):
-        return COMPLETE_METRIC in self.lineage.client.get_run(self.run_id).data.metrics
-
-
-class _Untracked:
-    """Stands in for a run when the tracking store cannot be reached: logs nothing."""
-
-    run_id = None
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
+        name = self.hp.tracking.registered_model
+        parent = self.run_id(records.LINEAGE)
+        for version in self.client.search_model_versions(f"name = '{name}' and run_id = '{parent}'"):
+            if version.tags.get(ROUND_TAG) == str(round_):
+                return version.version
+        artifact_path = f"ticket-round-{round_}"
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.pytorch.save_model(
+                model.eval(),
+                f"{tmp}/{artifact_path}",
+                input_example=example,
+                serialization_format="pt2",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+            self.client.log_artifacts(parent, f"{tmp}/{artifact_path}", artifact_path)
+        if not self.client.search_registered_models(f"name = '{name}'"):
+            self.client.create_registered_model(name)
+        tags = {
+            LINEAGE_TAG: self.lineage,
+            ROUND_TAG: str(round_),
+            "lottery.parent_run_id": parent,
+            EXPERIMENT_TAG: provenance.dvc_experiment(),
+        }
+        source = f"{self.client.get_run(parent).info.artifact_uri}/{artifact_path}"
+        return self.client.create_model_version(name, source, run_id=parent, tags=tags).version
 
 
-@contextmanager
-def round_run(hp, round_, stage, control=None):
-    """The round's child run (or its control's nested run), tagged with the DVC stage that logs into it."""
-    try:
-        lineage = Lineage(hp)
-        run_id = lineage.control_run_id(round_, control) if control else lineage.round_run_id(round_)
-        run = RoundRun(lineage, run_id)
-        run.log(tags={f"dvc.stage.{stage.split('@')[0]}": os.environ.get("DVC_STAGE", stage)})
-    except Exception as err:  # tracking must never cost a stage its outputs
-        _warn(err)
-        run = _Untracked()
-    yield run
-    _finish(run)
+def _provenance_updates(held):
+    """A lineage first run from uncommitted code names a commit once that code is committed; one
+    first run outside a DVC experiment names the experiment that runs it later."""
+    updates = {}
+    if held.get(DIRTY_TAG) == "true":
+        git = provenance.git_state()
+        if git["commit"] and not git["dirty"]:
+            updates = {COMMIT_TAG: git["commit"], DIRTY_TAG: "false"}
+    if not held.get(EXPERIMENT_TAG) and provenance.dvc_experiment():
+        updates[EXPERIMENT_TAG] = provenance.dvc_experiment()
+    return updates
 
 
-def open_lineage(hp):
-    """The lineage's parent run id, created if new; None (and a warning) if the store is unreachable."""
-    return guarded(lambda: Lineage(hp).parent_run_id())
-
-
-@contextmanager
-def parent_run(hp):
-    try:
-        lineage = Lineage(hp)
-        run = RoundRun(lineage, lineage.parent_run_id())
-    except Exception as err:
-        _warn(err)
-        run = _Untracked()
-    yield run
-    _finish(run)
-
-
-def _finish(run):
-    if run.run_id is None:
-        return
-    try:
-        run.lineage.client.set_terminated(run.run_id)
-    except Exception as err:
-        _warn(err)
-
-
-def publish_metrics(path, metrics, run, step=0):
-    """The one place round metrics are written: the DVC metrics file, then the same numbers to MLflow."""
-    io.write_json(path, metrics)
-    guarded(run.log, metrics={k: v for k, v in numeric_metrics(metrics)}, step=step)
-
-
-def guarded(call, *args, **kwargs):
-    """Run a tracking call; on failure warn in one line and go on."""
-    try:
-        return call(*args, **kwargs)
-    except Exception as err:
-        _warn(err)
-        return None
-
-
-def flatten(tree, prefix=""):
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def numeric_metrics(metrics):
-    """The numeric leaves of a (nested) metrics dict, as flat (name, value) pairs."""
-    for key, value in flatten(metrics).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            yield key, value
-
-
-def _git_commit():
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
-def _now_ms():
-    import time
-
-    return int(time.time() * 1000)
-
-
-def _warn(err):
-    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    print(f"warning: MLflow tracking unavailable, results kept in DVC outputs only ({message[:200]})", file=sys.stderr)
-
-
-def register_ticket(hp, model, round_):
-    """Log a round's trained ticket as an MLflow PyTorch model on the lineage's parent run and
-    register it in the Model Registry, tagged with its lineage, round and DVC experiment.
-
-    The model is saved with `mlflow.pytorch.save_model` and logged through this lineage's own
-    client rather than with `log_model`: `log_model` needs MLflow's process-global tracking URI
-    and active run, which would leak into whatever the calling process does next.
-    """
-    import tempfile
-
-    import mlflow.pytorch
-    import torch
-    from mlflow.exceptions import MlflowException
-
-    lineage = Lineage(hp)
-    client, parent = lineage.client, lineage.parent_run_id()
-    artifact_path = f"ticket-round-{round_}"
-    with tempfile.TemporaryDirectory() as tmp:
-        mlflow.pytorch.save_model(
-            model,
-            f"{tmp}/{artifact_path}",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            serialization_format="pickle",  # pt2, the default, needs an input example to trace
-        )
-        client.log_artifacts(parent, f"{tmp}/{artifact_path}", artifact_path)
-    name = hp.tracking.registered_model
-    try:
-        client.create_registered_model(name)
-    except MlflowException:  # it exists already: this ticket becomes its next version
-        pass
-    tags = {
-        LINEAGE_TAG: hp.lineage_hash,
-        ROUND_TAG: str(round_),
-        "lottery.parent_run_id": parent,
-        "lottery.dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),
-    }
-    source = f"{client.get_run(parent).info.artifact_uri}/{artifact_path}"
-    return client.create_model_version(name, source, run_id=parent, tags=tags).version
-
-
-def write_lineage_file(path, lineage_run, round_runs, hp):
+def write_lineage_file(path, hp, ids):
+    """models/lineage.json: where the lineage's runs are (`ids` from run_ids)."""
     io.write_json(
         path,
         {
-            "lineage": hp.lineage_hash,
+            "lineage": provenance.lineage_id(hp),
             "tracking_uri": tracking_uri(hp.tracking),
             "experiment": hp.tracking.experiment,
-            "parent_run_id": lineage_run,
-            "round_run_ids": {str(r): run_id for r, run_id in round_runs.items()},
+            **ids,
         },
+    )
+
+
+# --- reachability -------------------------------------------------------------------------------
+
+
+def _store(hp, fresh_probe=False):
+    uri = tracking_uri(hp.tracking)
+    if uri in _unreachable and not fresh_probe:
+        return None
+    reachable, why = probe(uri, fresh=fresh_probe)
+    if not reachable:
+        _give_up(uri, why)
+        return None
+    _unreachable.pop(uri, None)
+    key = (uri, hp.tracking.experiment, provenance.lineage_id(hp))
+    if key not in _stores:
+        try:
+            _stores[key] = Store(hp, uri)
+        except Exception as err:
+            _give_up(uri, err)
+            return None
+    return _stores[key]
+
+
+def probe(uri, fresh=False):
+    """(reachable, why not) for a tracking URI. Only HTTP(S) stores are probed; a recent answer,
+    from this or another process, is reused unless `fresh`."""
+    if not uri.startswith(("http://", "https://")):
+        return True, ""
+    if not fresh:
+        try:
+            cached = json.loads(_probe_file(uri).read_text())
+            if time.time() - cached["at"] < PROBE_REUSE_S:
+                return cached["reachable"], cached["why"]
+        except (OSError, ValueError, KeyError):
+            pass
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
+            reachable, why = True, ""
+    except urllib.error.HTTPError:
+        reachable, why = True, ""  # it answered: the store is there
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        reachable, why = False, f"no answer from {uri}/health within {PROBE_TIMEOUT_S:g} s: {reason}"
+    _keep_answer(uri, reachable, why)
+    return reachable, why
+
+
+def forget_probe(uri):
+    """Drop the kept probe answer for `uri` (and this process's verdict)."""
+    _probe_file(uri).unlink(missing_ok=True)
+    _unreachable.pop(uri, None)
+
+
+def _keep_answer(uri, reachable, why):
+    io.write_json(_probe_file(uri), {"uri": uri, "reachable": reachable, "why": why, "at": time.time()})
+
+
+def _probe_file(uri):
+    return PROBE_DIR / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}.json"
+
+
+def _give_up(uri, err):
+    """Stop tracking to `uri` in this process and say so once. A failed call also counts as a failed
+    probe for the stages after this one: a server whose /health answers while its API hangs would
+    otherwise cost every stage a timeout."""
+    if uri in _unreachable:
+        return
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    _unreachable[uri] = message
+    if uri.startswith(("http://", "https://")) and not isinstance(err, str):
+        _keep_answer(uri, False, message[:200])
+    print(
+        f"warning: MLflow tracking unavailable, results kept in DVC outputs; `lottery sync` adds them later "
+        f"({message[:200]})",
+        file=sys.stderr,
     )

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from lottery.hparams import ParamsError
+
 EVAL_BATCH = 1000
 
 
@@ -22,6 +24,7 @@ class TrainResult:
     curve: list  # one dict per evaluation: iteration, validation/test loss and accuracy
     snapshot: dict  # state dict at `snapshot_at`, or None
     iterations: int  # where training ended: train.iterations, or earlier if `at_epoch_end` stopped it
+    device: torch.device  # where it trained
 
     @property
     def early_stop(self):
@@ -118,7 +121,7 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
     batch, size = train_hp.batch_size, len(splits.train)
     per_epoch = iterations_per_epoch(train_hp, splits)
     if per_epoch == 0:
-        raise ValueError(f"train.batch_size = {batch}: larger than the training set ({size} examples)")
+        raise ParamsError(f"train.batch_size = {batch}: larger than the training set ({size} examples)")
     curve, snapshot, order = [], None, None
     scheduled = bool(train_hp.warmup_iterations or train_hp.milestones)
 
@@ -162,7 +165,7 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
                 break
     record(end)
     model.cpu()
-    return TrainResult(curve=curve, snapshot=snapshot, iterations=end)
+    return TrainResult(curve=curve, snapshot=snapshot, iterations=end, device=device)
 
 
 @torch.no_grad()

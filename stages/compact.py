@@ -1,4 +1,5 @@
-from lottery import pipeline, stage
+from lottery import stage, tracking
+from lottery.steps.compact import compact
 
 if __name__ == "__main__":
-    stage.run(pipeline.compact, per_round=True)
+    stage.run(compact, per_round=True, on_failure=tracking.branch_failed)

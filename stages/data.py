@@ -1,4 +1,5 @@
-from lottery import pipeline, stage
+from lottery import stage
+from lottery.steps.data import fetch
 
 if __name__ == "__main__":
-    stage.run(pipeline.fetch_data)
+    stage.run(fetch)

@@ -1,4 +1,5 @@
-from lottery import pipeline, stage
+from lottery import stage, tracking
+from lottery.steps.prune import prune
 
 if __name__ == "__main__":
-    stage.run(pipeline.prune, per_round=True)
+    stage.run(prune, per_round=True, on_failure=tracking.branch_failed)

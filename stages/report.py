@@ -1,4 +1,5 @@
-from lottery import pipeline, stage
+from lottery import stage, tracking
+from lottery.steps.report import summarize
 
 if __name__ == "__main__":
-    stage.run(pipeline.summarize)
+    stage.run(summarize, on_failure=tracking.lineage_failed)

@@ -1,4 +1,5 @@
-from lottery import pipeline, stage
+from lottery import stage
+from lottery.steps.retrain import retrain
 
 if __name__ == "__main__":
-    stage.run(pipeline.retrain, per_round=True)
+    stage.run(retrain, per_round=True)

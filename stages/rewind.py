@@ -1,4 +1,5 @@
-from lottery import pipeline, stage
+from lottery import stage
+from lottery.steps.rewind import rewind
 
 if __name__ == "__main__":
-    stage.run(pipeline.rewind, per_round=True)
+    stage.run(rewind, per_round=True)

@@ -66,6 +66,12 @@ def sh(repo, *args):
     return result.stdout
 
 
+def run_stage(cwd, name, *args):
+    """`python -m stages.<name> ARGS` in `cwd` with this checkout's code, as DVC runs a stage."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    return subprocess.run([sys.executable, "-m", f"stages.{name}", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
 def dvc_project(repo, params):
     """A fresh git + DVC repository at `repo` holding the project's code, its stage graph and `params`."""
     for name in DVC_PROJECT_FILES:
@@ -81,6 +87,32 @@ def dvc_project(repo, params):
     sh(repo, "dvc", "init", "-q")
     sh(repo, "dvc", "config", "core.analytics", "false")
     return repo
+
+
+# Tags whose values are run ids or MLflow's own bookkeeping: they differ between two stores.
+STORE_SPECIFIC_TAGS = ("lottery.previous_round_run_id", "lottery.parent_run_id")
+
+
+def store_view(uri, experiment):
+    """Everything a tracking store holds for an experiment, keyed by (kind, round, control): params,
+    every metric's full history, tags (less run ids and mlflow.*), artifact names and status."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    view = {}
+    for run in client.search_runs([found.experiment_id], max_results=1000):
+        tags = run.data.tags
+        key = (tags["lottery.kind"], tags.get("lottery.round"), tags.get("lottery.control"))
+        assert key not in view, f"two runs for {key}"
+        view[key] = {
+            "params": run.data.params,
+            "metrics": {k: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)) for k in run.data.metrics},
+            "tags": {k: v for k, v in tags.items() if not k.startswith("mlflow.") and k not in STORE_SPECIFIC_TAGS},
+            "artifacts": sorted(a.path for a in client.list_artifacts(run.info.run_id)),
+            "status": run.info.status,
+        }
+    return view
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import torch
 
 from lottery import checkpoints, early_bird, hparams, masks, models, paths, pipeline, quantize
 from lottery.io import read_json
+from tests.conftest import store_view
 
 
 def vector(bits):
@@ -113,7 +114,7 @@ def eb_params(make_hp, **overrides):
     )
 
 
-def test_a_tiny_search_stops_early_and_hands_its_mask_to_prune(workdir, make_hp):
+def test_a_tiny_search_stops_early_and_hands_its_mask_to_prune(workdir, make_hp, monkeypatch):
     import mlflow
 
     hp = eb_params(make_hp)
@@ -137,6 +138,19 @@ def test_a_tiny_search_stops_early_and_hands_its_mask_to_prune(workdir, make_hp)
     run_id = read_json(paths.lineage_file())["round_run_ids"]["0"]
     history = mlflow.MlflowClient().get_metric_history(run_id, "early_bird.distance")
     assert [point.step for point in history] == list(range(2, searched["epoch"] + 1))
+    # `sync` into an empty store restores the search's records too (metrics, distances, heatmap)
+    logged = store_view(mlflow.get_tracking_uri(), hp.tracking.experiment)
+    assert {"distances.json", "heatmap.png", "early_bird.json"} <= set(logged[("round", "0", None)]["artifacts"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'synced.db'}")
+    pipeline.sync(hp)
+    assert store_view(f"sqlite:///{workdir / 'synced.db'}", hp.tracking.experiment) == logged
+
+
+def test_a_search_that_stops_before_the_rewind_point_is_a_params_error(workdir, make_hp):
+    hp = eb_params(make_hp, **{"rewind.target": "init", "rewind.iteration": 390})
+    pipeline.init(hp)
+    with pytest.raises(hparams.ParamsError, match=r"^rewind.iteration = 390: the Early-Bird search stopped training at iteration \d+, before it"):
+        pipeline.train_dense(hp)
 
 
 def test_without_an_early_bird_the_budget_runs_out_and_the_last_mask_is_used(workdir, make_hp, capsys):

@@ -1,11 +1,9 @@
-import subprocess
-import sys
-
 import pytest
+import torch
 import yaml
 
 from lottery import cli, hparams
-from tests.conftest import PROJECT, default_params, with_overrides
+from tests.conftest import PROJECT, default_params, run_stage, with_overrides
 
 
 def test_default_params_describe_the_paper_lenet_experiment():
@@ -32,6 +30,9 @@ def test_default_params_describe_the_paper_lenet_experiment():
         ({"train.optimzer": "sgd"}, "train.optimzer: unknown key"),
         ({"rounds": {"1": {"prev": 0}, "3": {"prev": 2}}}, "rounds: keys ['1', '3'] must be the strings '1'..'2'"),
         ({"rounds": {"1": {"prev": 0}, "2": {"prev": 0}}}, "rounds.2 = {'prev': 0}: must be {prev: 1}"),
+        ({"train.batch_size": 70_000}, "train.batch_size = 70000: larger than the training split (55000 examples)"),
+        ({"data.train_subset": 50, "train.batch_size": 60}, "train.batch_size = 60: larger than the training split (50"),
+        ({"data.validation_size": 60_000}, "data.validation_size = 60000: mnist has only 60000 training examples"),
     ],
 )
 def test_bad_values_raise_one_line_naming_the_key(overrides, message):
@@ -39,6 +40,12 @@ def test_bad_values_raise_one_line_naming_the_key(overrides, message):
         hparams.from_dict(with_overrides(default_params(), overrides))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device, so train.device: cuda is valid")
+def test_cuda_without_a_cuda_device_is_refused_up_front():
+    with pytest.raises(hparams.ParamsError, match=r"^train.device = 'cuda': torch finds no CUDA device here"):
+        hparams.from_dict(with_overrides(default_params(), {"train.device": "cuda"}))
 
 
 @pytest.mark.parametrize("section, key", [("train", "lr"), ("prune", "rate"), ("data", "dataset")])
@@ -56,14 +63,57 @@ def test_missing_section_is_named():
         hparams.from_dict(raw)
 
 
-def test_lineage_hash_ignores_tracking_report_and_rounds_but_not_training():
+def test_identity_ignores_what_cannot_change_the_results():
     base = hparams.from_dict(default_params())
-    same = hparams.from_dict(
-        with_overrides(default_params(), {"tracking.experiment": "other", "report.tolerance": 0.1, "rounds": hparams.rounds_section(3)})
+    same = {
+        "tracking.experiment": "other",
+        "report.tolerance": 0.1,
+        "rounds": hparams.rounds_section(3),
+        "data.source": "download",  # every source is checked against the same digests
+        "data.local_root": "/somewhere/on/another/machine",
+        "train.device": "cpu",
+        "train.momentum": 0.5,  # read by SGD only; the default optimizer is Adam
+        "early_bird.ratio": 0.3,  # the search is off
+        "rewind.finetune_lr": 0.5,  # rewind.target is init
+        "rewind.scratch_budget": "flops",
+    }
+    for key, value in same.items():
+        changed = hparams.from_dict(with_overrides(default_params(), {key: value}))
+        assert changed.params_hash == base.params_hash, key
+    differ = {"train.lr": 0.1, "seed": 1, "data.train_subset": 100, "prune.rate": 0.3, "rewind.iteration": 10}
+    for key, value in differ.items():
+        changed = hparams.from_dict(with_overrides(default_params(), {key: value}))
+        assert changed.params_hash != base.params_hash, key
+    sgd = {"train.optimizer": "sgd", "train.momentum": 0.9}
+    assert (
+        hparams.from_dict(with_overrides(default_params(), sgd)).params_hash
+        != hparams.from_dict(with_overrides(default_params(), {**sgd, "train.momentum": 0.5})).params_hash
     )
-    other = hparams.from_dict(with_overrides(default_params(), {"train.lr": 0.1}))
-    assert base.lineage_hash == same.lineage_hash
-    assert base.lineage_hash != other.lineage_hash
+    integer_lr = hparams.from_dict(with_overrides(default_params(), {"train.lr": 1}))
+    assert integer_lr.params_hash == hparams.from_dict(with_overrides(default_params(), {"train.lr": 1.0})).params_hash
+
+
+def test_params_read_as_dvc_reads_them(tmp_path):
+    from dvc.utils.serialize import parse_yaml
+
+    text = (PROJECT / "params.yaml").read_text().replace("bn_l1: 0.0 ", "bn_l1: 1e-4 ")
+    assert "bn_l1: 1e-4" in text
+    (tmp_path / "params.yaml").write_text(text)
+    hp = hparams.load(tmp_path / "params.yaml")
+    assert hp.train.bn_l1 == 1e-4 == parse_yaml(text, "params.yaml")["train"]["bn_l1"]
+
+
+def test_yaml_scalars_mean_what_they_mean_to_dvc():
+    from dvc.utils.serialize import parse_yaml
+
+    from lottery import yaml12
+
+    scalars = ["1e-4", "1E4", "-2.", "+.5", ".5e4", ".inf", "-.inf", "1_000", "017", "0o17", "0x1F", "0b101", "on",
+               "off", "yes", "no", "True", "tRue", "null", "~", "1:30", "2001-12-14", "1e", "'1e-4'", "[1e-4, on]"]
+    for scalar in scalars:
+        ours, dvc = yaml12.load(f"v: {scalar}\n")["v"], parse_yaml(f"v: {scalar}\n", "params.yaml")["v"]
+        assert (type(ours), ours) == (type(dvc), dvc), scalar
+    assert yaml12.load("v: .nan")["v"] != yaml12.load("v: .nan")["v"]  # NaN, as DVC reads it
 
 
 def test_set_rounds_rewrites_only_the_rounds_section(tmp_path):
@@ -92,9 +142,7 @@ def test_stage_with_bad_params_fails_in_one_line_before_touching_models(tmp_path
     sentinel = tmp_path / "models" / "init" / "init.pt"
     sentinel.write_bytes(b"previous result")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_overrides(default_params(), {"prune.rate": 2.0})))
-    result = subprocess.run(
-        [sys.executable, str(PROJECT / "stages" / "init.py")], cwd=tmp_path, capture_output=True, text=True
-    )
+    result = run_stage(tmp_path, "init")
     assert result.returncode != 0
     assert result.stderr.strip() == "error: prune.rate = 2.0: must be in (0, 1)"
     assert sentinel.read_bytes() == b"previous result"
@@ -103,12 +151,7 @@ def test_stage_with_bad_params_fails_in_one_line_before_touching_models(tmp_path
 
 def test_round_argument_outside_the_rounds_is_refused(tmp_path):
     (tmp_path / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
-    result = subprocess.run(
-        [sys.executable, str(PROJECT / "stages" / "prune.py"), "--round", "99"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    result = run_stage(tmp_path, "prune", "--round", "99")
     assert result.returncode != 0
     assert "--round = 99: must be in 1.." in result.stderr
     assert not (tmp_path / "models").exists()

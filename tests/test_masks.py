@@ -1,3 +1,5 @@
+import hashlib
+
 import pytest
 import torch
 
@@ -62,12 +64,37 @@ def test_sparsity_report_counts(model):
 def test_checkpoint_describes_itself(model, tmp_path):
     path = tmp_path / "w.pt"
     spec = checkpoints.model_spec("lenet_300_100", (1, 28, 28), 10, width=1.0)
-    checkpoints.save(path, model, spec=spec, round_=3, iteration=7, params={"seed": 1}, lineage="abc",
-                     parents=["models/round_3/start.pt"])
+    checkpoints.save(path, model, spec=spec, round_=3, iteration=7, parents=["models/round_3/start.pt"])
     loaded, checkpoint = checkpoints.load_model(path)
-    assert (checkpoint["round"], checkpoint["iteration"], checkpoint["lineage"]) == (3, 7, "abc")
-    assert checkpoint["parents"] == ["models/round_3/start.pt"] and checkpoint["params"] == {"seed": 1}
+    assert (checkpoint["round"], checkpoint["iteration"], checkpoint["model"]) == (3, 7, spec)
+    assert checkpoint["parents"] == ["models/round_3/start.pt"]
     assert all(torch.equal(loaded.state_dict()[k], model.state_dict()[k]) for k in model.state_dict())
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_same_content_gives_the_same_bytes_under_any_name(model, tmp_path):
+    spec = checkpoints.model_spec("lenet_300_100", (1, 28, 28), 10, width=1.0)
+    for name in ("a.pt", "other-name.pt"):
+        checkpoints.save(tmp_path / name, model, spec=spec, round_=0, iteration=0, parents=[])
+        masks.save(masks.ones(model), tmp_path / f"mask-{name}")
+    assert sha256(tmp_path / "a.pt") == sha256(tmp_path / "other-name.pt")
+    assert sha256(tmp_path / "mask-a.pt") == sha256(tmp_path / "mask-other-name.pt")
+    with torch.no_grad():
+        model.layers[1].weight[0, 0] += 1  # one weight changed: other bytes
+    checkpoints.save(tmp_path / "changed.pt", model, spec=spec, round_=0, iteration=0, parents=[])
+    assert sha256(tmp_path / "changed.pt") != sha256(tmp_path / "a.pt")
+
+
+def test_a_missing_input_is_an_error_that_names_the_file(model, tmp_path):
+    from lottery.errors import MissingInput, UserError
+
+    with pytest.raises(MissingInput, match=r"^.*nothing\.pt: no such file \(an earlier stage writes it: run `dvc repro`\)$"):
+        checkpoints.load(tmp_path / "nothing.pt")
+    with pytest.raises(UserError, match="mask.pt: no such file"):
+        masks.load(tmp_path / "mask.pt", model)
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):

@@ -2,13 +2,14 @@
 
 import hashlib
 import json
+import warnings
 
 import mlflow
 import mlflow.pytorch
 import pytest
 import torch
 
-from lottery import checkpoints, hparams, masks, paths, pipeline, pruning, report
+from lottery import checkpoints, hparams, masks, paths, pipeline, provenance, pruning, report
 
 
 def fingerprint():
@@ -84,7 +85,8 @@ def test_mlflow_holds_one_parent_and_one_child_per_round_with_the_file_metrics(l
     children = {int(r.data.tags["lottery.round"]): r for r in runs if r.data.tags.get("lottery.kind") == "round"}
     assert len(parents) == 1 and sorted(children) == list(range(lineage.rounds + 1))
     parent = parents[0]
-    assert parent.data.tags["lottery.params_hash"] == lineage.lineage_hash
+    assert parent.data.tags["lottery.lineage"] == provenance.lineage_id(lineage)
+    assert parent.data.tags["lottery.params_hash"] == lineage.params_hash
     assert parent.data.params["prune.rate"] == "0.2"
     for round_, run in children.items():
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -93,7 +95,7 @@ def test_mlflow_holds_one_parent_and_one_child_per_round_with_the_file_metrics(l
         assert run.data.metrics["weights_remaining_per_layer.layers.1.weight"] == metrics["weights_remaining_per_layer"]["layers.1.weight"]
         if round_:
             assert run.data.tags["lottery.previous_round_run_id"] == children[round_ - 1].info.run_id
-            assert run.data.tags["dvc.stage.prune"] == "prune"
+            assert run.data.tags["dvc.stage.prune"] == f"prune@{round_}"
     history = mlflow.tracking.MlflowClient().get_metric_history(children[1].info.run_id, "validation_loss")
     assert [m.step for m in history] == [0, 20, 40, 60]
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(children[1].info.run_id)}
@@ -110,10 +112,19 @@ def test_report_registers_the_smallest_matching_ticket(workdir, make_hp):
     (version,) = client.search_model_versions("name = 'tiny-ticket'")
     summary = json.loads(paths.summary().read_text())
     assert version.tags["lottery.round"] == str(summary["smallest_matching_ticket"]["round"]) == "2"
-    assert version.tags["lottery.lineage"] == hp.lineage_hash
-    model = mlflow.pytorch.load_model(f"models:/tiny-ticket/{version.version}")
+    assert version.tags["lottery.lineage"] == provenance.lineage_id(hp)
+    pipeline.summarize(hp)  # report again: the same ticket is not registered twice
+    assert [v.version for v in client.search_model_versions("name = 'tiny-ticket'")] == [version.version]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no pickle-format (or any other) warning on load
+        model = mlflow.pytorch.load_model(f"models:/tiny-ticket/{version.version}")
+    # MLflow's safe format: a torch.export program (model.pt2), no pickled model.
+    saved = {a.path for a in client.list_artifacts(version.run_id, "ticket-round-2/data")}
+    assert saved == {"ticket-round-2/data/model.pt2"}
     trained, _ = checkpoints.load_model(paths.trained_weights(2))
-    assert all(torch.equal(model.state_dict()[k], trained.state_dict()[k]) for k in trained.state_dict())
+    images = torch.randn(7, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(model(images), trained.eval()(images), atol=1e-6)
 
 
 def test_rerunning_stages_reuses_the_lineage_runs(lineage):

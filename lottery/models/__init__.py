@@ -1,6 +1,4 @@
-"""Model registry: adding a model is one module with a `@register("name")` class."""
-
-import importlib
+"""Model registry: adding a model is one module with a `@register("name")` class, imported below."""
 
 import torch
 
@@ -24,5 +22,6 @@ def build(name, input_shape, num_classes, seed, width=1.0):
     return model
 
 
-for _module in ("lenet", "conv", "vgg", "resnet"):
-    importlib.import_module(f"lottery.models.{_module}")
+# Each module registers its models on import. Plain imports (not importlib) let lottery.deps see
+# that a stage using the registry runs all of them.
+from lottery.models import conv, lenet, resnet, vgg  # noqa: E402, F401

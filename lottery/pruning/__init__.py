@@ -5,18 +5,17 @@ Adding a strategy is one module with a `@register("name")` class that names its 
 scores}` or `channel_scores(model, channel_groups, generator) -> {group name: scores[size]}`.
 """
 
-import importlib
-
 import torch
 
 from lottery import channels
+from lottery.errors import UserError
 from lottery.registry import Registry
 
 REGISTRY = Registry()
 register = REGISTRY.register
 
 
-class PruningError(ValueError):
+class PruningError(UserError, ValueError):
     """A pruning step the model cannot take, such as one that leaves a layer too few channels."""
 
 
@@ -140,5 +139,5 @@ def _drop(score, keep, count):
     return new
 
 
-for _module in ("magnitude", "l1_filter", "bn_slimming", "random"):
-    importlib.import_module(f"lottery.pruning.{_module}")
+# Each module registers its strategy on import (plain imports, so lottery.deps sees them).
+from lottery.pruning import bn_slimming, l1_filter, magnitude, random  # noqa: E402, F401

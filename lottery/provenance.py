@@ -1,0 +1,64 @@
+"""Where a result came from: its lineage (the params that matter plus the code that ran), the
+git commit of that code, and the environment that computed it.
+
+A lineage is one configuration of code and params: `lineage_id` digests `Hparams.identity()`
+together with the digest of every file the stages run (lottery.deps), so a code change starts a
+new lineage while a README edit, a new round or a control does not. The git commit and whether
+the tree had uncommitted code changes say where to find that code again; the environment (torch,
+device, threads) explains a result that does not reproduce bit for bit.
+"""
+
+import os
+import platform
+import subprocess
+
+from lottery import deps
+from lottery.hparams import digest
+
+
+def lineage_id(hp, root=deps.ROOT):
+    """The lineage's name: its identity params and its code."""
+    return digest({"params": hp.identity(), "code": deps.code_digest(root)})
+
+
+def replicate_group(hp, root=deps.ROOT):
+    """The name shared by the lineages that differ from this one in their seed alone."""
+    params = {key: value for key, value in hp.identity().items() if key != "seed"}
+    return digest({"params": params, "code": deps.code_digest(root)})
+
+
+def git_state(root=deps.ROOT):
+    """{'commit': HEAD or '', 'dirty': whether the code the stages run differs from HEAD}."""
+    try:
+        commit = _git(root, "rev-parse", "HEAD")
+        changes = _git(root, "status", "--porcelain", "--untracked-files=all", "--", deps.PACKAGE, deps.SCRIPTS)
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "", "dirty": False}
+    return {"commit": commit, "dirty": bool(changes)}
+
+
+def environment(device):
+    """What computed a result besides code and params: versions, the device, the CPU's vector
+    instructions that torch's kernels use (AVX2 and AVX-512 round differently), CPU threads."""
+    import torch
+
+    name = str(device)
+    if device.type == "cuda":
+        name += f" ({torch.cuda.get_device_name(device)})"
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": name,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def dvc_experiment():
+    """The DVC experiment this process runs in ('' outside `dvc exp run`)."""
+    return os.environ.get("DVC_EXP_NAME", "")
+
+
+def _git(root, *args):
+    done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True)
+    return done.stdout.strip()

@@ -1,0 +1,187 @@
+"""The one mapping from DVC outputs to MLflow records.
+
+Each function here reads the files that one stage wrote and returns the `Record` that stands for
+them in MLflow: which run, and the params, metrics, step metrics, tags and artifacts to log there.
+Stages publish their records right after writing their outputs (evaluate@r also publishes the
+training record of retrain@r, which logs nothing and so never imports MLflow); `sync` (run by
+`report` and by `lottery sync`) publishes every record whose files exist. Publishing is idempotent
+(lottery.tracking), so a record logs the same whether a stage or `sync` logs it, and logging it
+again changes nothing: no run, metric point, model version or artifact is added twice.
+"""
+
+from dataclasses import dataclass, field
+
+import yaml
+
+from lottery import curves, masks, paths
+from lottery.io import load_torch, read_json
+
+MASK_DIGEST_TAG = "lottery.mask_sha256"
+ENVIRONMENT_TAG = "lottery.env."  # prefix: lottery.env.torch, .device, .threads, .python
+PARAMS_ARTIFACT = "params.yaml"
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where a record goes: the lineage's parent run, a round's run, or a control's nested run."""
+
+    kind: str  # lineage | round | control
+    round: int = None
+    control: str = None
+
+
+LINEAGE = Run("lineage")
+
+
+def branch_run(round_, control=None):
+    return Run("control", round_, control) if control else Run("round", round_)
+
+
+@dataclass
+class Record:
+    run: Run
+    params: dict = field(default_factory=dict)  # logged once; a lineage's params never change
+    metrics: dict = field(default_factory=dict)  # logged at step 0
+    series: dict = field(default_factory=dict)  # name -> [(step, value)]: curves, Early-Bird distances
+    tags: dict = field(default_factory=dict)
+    artifacts: list = field(default_factory=list)  # files logged once, under their own names
+    latest_artifacts: list = field(default_factory=list)  # files replaced on every publish
+    texts: dict = field(default_factory=dict)  # artifact name -> text, replaced on every publish
+
+
+def lineage(hp):
+    """The parent run: the params that name the lineage, and what it holds now (rounds, controls,
+    the whole params file)."""
+    return Record(
+        LINEAGE,
+        params=flatten(hp.identity()),
+        tags={"lottery.rounds": str(hp.rounds), "lottery.controls": ",".join(hp.controls.run)},
+        texts={PARAMS_ARTIFACT: yaml.safe_dump(hp.raw, sort_keys=False)},
+    )
+
+
+def trained(hp, round_, control=None):
+    """The environment that trained a branch (train, retrain@r, control@r-c)."""
+    log = read_json(paths.training_log(round_, control))
+    # Training logs written before environments were recorded have none.
+    tags = {f"{ENVIRONMENT_TAG}{key}": str(value) for key, value in log.get("environment", {}).items()}
+    return Record(branch_run(round_, control), tags={**tags, **_stage_tag(_training_stage(round_, control))})
+
+
+def pruned(hp, round_):
+    """prune@r: the method, the per-layer rates, the weights remaining, the mask."""
+    sparsity = read_json(paths.sparsity_report(round_))
+    params = {"round": round_, **sparsity["method"], **{f"rate.{name}": rate for name, rate in sparsity["rates"].items()}}
+    return Record(
+        branch_run(round_),
+        params=params,
+        metrics={"weights_remaining": sparsity["weights_remaining"]},
+        tags=_stage_tag(f"prune@{round_}"),
+        artifacts=[paths.mask(round_), paths.sparsity_report(round_)],
+    )
+
+
+def evaluated(hp, round_, control=None):
+    """A branch's metrics file, its curve as step metrics (step = training iteration), its mask hash."""
+    metrics = dict(numeric_metrics(read_json(paths.round_metrics(round_, control))))
+    curve = curves.read_csv(paths.curve_plot_data(round_, control))
+    series = {key: [(point["iteration"], point[key]) for point in curve] for key in curves.COLUMNS[1:]}
+    mask = load_torch(paths.mask(round_, control))
+    # A pruned round's mask is prune@r's artifact; round 0's and the controls' are written here.
+    artifacts = [paths.mask(round_, control)] if control or not round_ else []
+    return Record(
+        branch_run(round_, control),
+        metrics=metrics,
+        series=series,
+        tags={MASK_DIGEST_TAG: masks.digest(mask), **_stage_tag(_evaluating_stage(round_, control))},
+        artifacts=artifacts,
+    )
+
+
+def early_bird(hp):
+    """Round 0's Early-Bird search: the distance per epoch, when it stopped, the matrix and heatmap."""
+    searched = read_json(paths.early_bird_report())
+    distances = [(epoch, d) for epoch, d in enumerate(searched["distances"], start=1) if d is not None]
+    scalars = ("found", "epochs_trained", "iterations_trained")
+    return Record(
+        branch_run(0),
+        metrics={f"early_bird.{key}": float(searched[key]) for key in scalars},
+        series={"early_bird.distance": distances},
+        artifacts=sorted(paths.early_bird_plots().iterdir()) + [paths.early_bird_report()],
+    )
+
+
+def compacted(hp, round_):
+    """compact@r: the compression report as `compression.*` metrics and as a file."""
+    report = read_json(paths.compression_report(round_))
+    return Record(
+        branch_run(round_),
+        metrics=dict(numeric_metrics({"compression": report})),
+        tags=_stage_tag(f"compact@{round_}"),
+        artifacts=[paths.compression_report(round_)],
+    )
+
+
+def reported(hp):
+    """report: the smallest matching ticket, and the figure and tables, which change as rounds are added."""
+    smallest = read_json(paths.summary())["smallest_matching_ticket"] or {}
+    files = [paths.rounds_figure(), paths.summary(), paths.compression_plot_data()]
+    return Record(
+        LINEAGE,
+        metrics=dict(numeric_metrics({"smallest_matching_ticket": smallest})),
+        latest_artifacts=[file for file in files if file.exists()],
+    )
+
+
+def everything(hp):
+    """Every record whose files are in the workspace: what all the lineage's stages log, in order."""
+    found = [lineage(hp)]
+    for round_, control in hp.branches():
+        if paths.training_log(round_, control).exists():
+            found.append(trained(hp, round_, control))
+        if round_ and not control and paths.sparsity_report(round_).exists():
+            found.append(pruned(hp, round_))
+        if paths.round_metrics(round_, control).exists():
+            found.append(evaluated(hp, round_, control))
+        if round_ and not control and paths.compression_report(round_).exists():
+            found.append(compacted(hp, round_))
+    if paths.early_bird_report().exists() and read_json(paths.early_bird_report())["enabled"]:
+        found.append(early_bird(hp))
+    if paths.summary().exists():
+        found.append(reported(hp))
+    return found
+
+
+def flatten(tree, prefix=""):
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def numeric_metrics(metrics):
+    """The numeric leaves of a (nested) metrics dict, as flat (name, value) pairs."""
+    for key, value in flatten(metrics).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield key, value
+
+
+def _training_stage(round_, control):
+    if control:
+        return f"control@{round_}-{control}"
+    return f"retrain@{round_}" if round_ else "train"
+
+
+def _evaluating_stage(round_, control):
+    """The stage that writes a branch's metrics: train evaluates round 0, a control evaluates itself."""
+    return f"evaluate@{round_}" if round_ and not control else _training_stage(round_, control)
+
+
+def _stage_tag(stage):
+    """dvc.stage.<kind> = the DVC stage whose outputs the record comes from."""
+    return {f"dvc.stage.{stage.split('@')[0]}": stage}

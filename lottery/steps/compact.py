@@ -1,0 +1,87 @@
+"""compact@r: round r's ticket made physically small and measured against the dense model."""
+
+import torch
+
+from lottery import channels, checkpoints, compression, masks, paths, records, tracking
+from lottery.io import write_json
+from lottery.steps.common import model_spec, save_weights, splits
+
+# The issue's bar for "the compact model computes what the masked one does".
+EQUIVALENCE_TOLERANCE = 1e-4
+LATENCY_BATCHES = (1, 64)
+
+
+def compact(hp, round_):
+    """A channel mask's pruned channels removed from every layer (a smaller dense model), or a weight
+    mask's ticket stored sparse. Checked to compute what the masked model computes, then measured
+    against the dense model of round 0."""
+    model, checkpoint = checkpoints.load_model(paths.trained_weights(round_))
+    mask = masks.load(paths.mask(round_), model)
+    model.eval()
+    probe = splits(hp).test.x[:256]
+    if channels.is_channel_mask(model, mask):
+        shipped, sparse_mask = channels.compact(model, mask), None
+        spec = model_spec(hp, compact_of=shipped)
+    else:
+        shipped, sparse_mask, spec = model, mask, checkpoint["model"]
+    _check_equivalent(model, shipped, probe, round_)
+    save_weights(
+        paths.compact_model(round_),
+        shipped,
+        hp,
+        round_=round_,
+        iteration=checkpoint["iteration"],
+        parents=[paths.trained_weights(round_), paths.mask(round_)],
+        spec=spec,
+        sparse_mask=sparse_mask,
+    )
+    loaded, _ = checkpoints.load_model(paths.compact_model(round_))
+    difference = _check_equivalent(model, loaded.eval(), probe, round_)
+    dense, _ = checkpoints.load_model(paths.trained_weights(0))
+    measured = compression_report(hp, round_, dense, loaded, mask, sparse_mask is None)
+    measured["max_abs_difference"] = difference
+    write_json(paths.compression_report(round_), measured)
+    tracking.publish(hp, records.compacted(hp, round_))
+
+
+def compression_report(hp, round_, dense, shipped, mask, structured):
+    """Parameters, FLOPs, bytes on disk and median CPU latency (batch 1 and 64) of the dense model
+    and the shipped one, with the FLOPs speedup beside the measured ones."""
+    input_shape = dense.input_shape
+
+    def measure(model, path, parameters, flops):
+        figures = {"parameters": parameters, "flops": flops, "bytes": compression.file_bytes(path)}
+        for batch in LATENCY_BATCHES:
+            seconds = compression.latency(model, input_shape, batch, repeats=hp.compact.latency_repeats)
+            figures[f"latency_ms_batch_{batch}"] = 1000 * seconds
+        return figures
+
+    dense_figures = measure(
+        dense, paths.trained_weights(0), compression.parameter_count(dense), compression.flops(dense, input_shape)
+    )
+    # A sparse file stores only the kept values of its masked tensors.
+    pruned = 0 if structured else sum(keep.numel() - int(keep.sum()) for keep in mask.values())
+    shipped_parameters = compression.parameter_count(shipped) - pruned
+    shipped_flops = compression.flops(shipped, input_shape, None if structured else mask)
+    compact_figures = measure(shipped, paths.compact_model(round_), shipped_parameters, shipped_flops)
+    report_ = {
+        "round": round_,
+        "form": "channels_removed" if structured else "sparse_file",
+        "dense": dense_figures,
+        "compact": compact_figures,
+        "flops_speedup": dense_figures["flops"] / compact_figures["flops"],
+        "parameter_ratio": compact_figures["parameters"] / dense_figures["parameters"],
+        "bytes_ratio": compact_figures["bytes"] / dense_figures["bytes"],
+    }
+    for batch in LATENCY_BATCHES:
+        key = f"latency_ms_batch_{batch}"
+        report_[f"measured_speedup_batch_{batch}"] = dense_figures[key] / compact_figures[key]
+    return report_
+
+
+@torch.no_grad()
+def _check_equivalent(masked, compact_model, probe, round_):
+    difference = (masked(probe) - compact_model(probe)).abs().max().item()
+    if difference > EQUIVALENCE_TOLERANCE:
+        raise AssertionError(f"round {round_}: the compact model differs from the masked one by {difference:.2e}")
+    return difference

@@ -1,0 +1,36 @@
+"""evaluate@r (and round 0 in train, a control in its own stage): a branch's metrics."""
+
+from lottery import checkpoints, curves, masks, paths, records, tracking, training
+from lottery.io import read_json, write_json, write_text
+from lottery.steps.common import splits as load_splits
+
+
+def evaluate(hp, round_, splits=None, control=None):
+    """Round r's metrics (or a control's): test accuracy and loss, early stopping, sparsity."""
+    model, _ = checkpoints.load_model(paths.trained_weights(round_, control))
+    mask = masks.load(paths.mask(round_, control), model)
+    check_pruned_weights_are_zero(model, mask)
+    splits = splits or load_splits(hp)
+    device = training.device_for(hp.train.device)
+    test_loss, test_accuracy = training.evaluate(model.to(device), splits.test.to(device))
+    log = read_json(paths.training_log(round_, control))
+    sparsity = masks.sparsity_report(mask, model.prunable_kinds())
+    metrics = {
+        "round": round_,
+        "weights_remaining": sparsity["weights_remaining"],
+        "weights_remaining_per_layer": {n: layer["weights_remaining"] for n, layer in sparsity["layers"].items()},
+        "final_test_accuracy": test_accuracy,
+        "final_test_loss": test_loss,
+        **log["summary"],
+    }
+    write_json(paths.round_metrics(round_, control), metrics)
+    write_text(paths.curve_plot_data(round_, control), curves.to_csv(log["curve"]))
+    tracking.publish(hp, records.trained(hp, round_, control), records.evaluated(hp, round_, control))
+
+
+def check_pruned_weights_are_zero(model, mask):
+    params = dict(model.named_parameters())
+    for name, keep in mask.items():
+        alive = params[name].detach()[~keep]
+        if alive.numel() and bool(alive.ne(0).any()):
+            raise AssertionError(f"{name}: {int(alive.ne(0).sum())} pruned weights are not zero")

@@ -1,0 +1,36 @@
+"""prune@r: round r's mask."""
+
+from lottery import checkpoints, early_bird, masks, paths, pruning, records, tracking
+from lottery.io import read_json, write_json
+from lottery.steps.common import pruned_from
+
+
+def prune(hp, round_):
+    """Round r-1's mask less p% of its remaining weights (iterative), or the dense network pruned
+    at once to round r's sparsity (oneshot). sparsity.json also records the method and the
+    per-layer rates, which become the round's MLflow params."""
+    source = pruned_from(hp, round_)
+    trained, _ = checkpoints.load_model(paths.trained_weights(source))
+    previous = masks.load(paths.mask(source), trained)
+    mask = pruning.prune(hp.prune, trained, previous, seed=hp.seed + round_, rounds=round_ - source)
+    if hp.early_bird.enabled and source == 0:
+        _check_early_bird_mask(trained, mask)
+    sparsity = masks.sparsity_report(mask, trained.prunable_kinds())
+    sparsity["rates"] = pruning.layer_rates(trained, hp.prune)
+    sparsity["method"] = {
+        "prune.strategy": hp.prune.strategy,
+        "prune.scope": hp.prune.scope,
+        "prune.schedule": hp.prune.schedule,
+        "prune.granularity": hp.prune.granularity,
+        "rewind.target": hp.rewind.target,
+        "rewind.iteration": hp.rewind.iteration,
+    }
+    masks.save(mask, paths.mask(round_))
+    write_json(paths.sparsity_report(round_), sparsity)
+    tracking.publish(hp, records.pruned(hp, round_))
+
+
+def _check_early_bird_mask(model, mask):
+    drawn = read_json(paths.early_bird_report()).get("mask_sha256")
+    if drawn and early_bird.digest(early_bird.channel_vector(model, mask)) != drawn:
+        raise AssertionError("prune: the mask differs from the Early-Bird ticket drawn in training")
