@@ -69,9 +69,16 @@ def code_digest(root=ROOT):
 def _imported_modules(path):
     """Dotted names of the package modules imported anywhere in `path`."""
     try:
-        tree = ast.parse(path.read_text(), str(path))
+        return _imports_in(path.read_text())
     except SyntaxError as err:
         raise UserError(f"{path}:{err.lineno}: not valid Python ({err.msg})") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _imports_in(source):
+    # Keyed by the source text: every script's closure walks the same modules, so each is parsed
+    # once per process, and an edited file is parsed again.
+    tree = ast.parse(source)
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -81,7 +88,7 @@ def _imported_modules(path):
             # imports lottery.x: both candidates are kept and module_files drops non-modules.
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return {name for name in names if name == PACKAGE or name.startswith(f"{PACKAGE}.")}
+    return frozenset(name for name in names if name == PACKAGE or name.startswith(f"{PACKAGE}."))
 
 
 def module_files(module, root=ROOT):

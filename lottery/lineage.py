@@ -81,7 +81,7 @@ class Store:
             in (
                 parent.info.run_id,
                 parent.data.tags.get("mlflow.runName"),
-                parent.data.tags.get("lottery.dvc_experiment"),
+                parent.data.tags.get(tracking.EXPERIMENT_TAG),
             )
             or (
                 len(name) >= 6
@@ -122,7 +122,7 @@ def summary_row(lineage):
     return {
         "parent_run_id": lineage.parent.info.run_id,
         "name": lineage.name,
-        "dvc_experiment": tags.get("lottery.dvc_experiment", ""),
+        "dvc_experiment": tags.get(tracking.EXPERIMENT_TAG, ""),
         "git_commit": tags.get(tracking.COMMIT_TAG, "")[:10] + ("+dirty" if tags.get(tracking.DIRTY_TAG) == "true" else ""),
         "code": tags.get(tracking.CODE_TAG, "")[:8],
         **{key: params.get(key) for key in KEY_PARAMS},
@@ -203,7 +203,7 @@ def reproduce(store, lineage, project_root, keep=False):
     """Re-run a lineage from its git commit and exact params in a fresh worktree with `dvc repro`,
     then compare every round's metrics and mask hash with the recorded ones, and name what differs
     between the recorded run and this one: the code, and each round's training environment."""
-    commit = lineage.parent.data.tags.get("lottery.git_commit")
+    commit = lineage.parent.data.tags.get(tracking.COMMIT_TAG)
     if not commit:
         raise LineageError(f"{lineage.name}: its runs recorded no git commit, so its code cannot be restored")
     workdir = Path(tempfile.mkdtemp(prefix="lottery-reproduce-"))

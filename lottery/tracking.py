@@ -58,64 +58,46 @@ def tracking_uri(tracking_hp):
 
 def publish(hp, *items, fresh_probe=False):
     """Log records into the lineage's runs; on an unreachable store, warn once and go on."""
-    store = _store(hp, fresh_probe)
-    if store is None:
-        return
-    try:
-        for record in items:
-            store.publish(record)
-    except Exception as err:  # tracking must never cost a stage its outputs
-        _give_up(store.uri, err)
+    _tracked(hp, lambda store: store.publish(*items), fresh_probe=fresh_probe)
 
 
 def branch_failed(hp, round_=0, control=None):
     """Mark a round's run (or its control's) FAILED, if it exists: a stage of it raised."""
-    _mark_failed(hp, records.branch_run(round_, control))
+    _tracked(hp, lambda store: store.mark_failed(records.branch_run(round_, control)))
 
 
 def lineage_failed(hp):
     """Mark the lineage's parent run FAILED, if it exists: init or report raised."""
-    _mark_failed(hp, records.LINEAGE)
-
-
-def _mark_failed(hp, run):
-    store = _store(hp)
-    if store is None:
-        return
-    try:
-        run_id = store.run_id(run, create=False)
-        if run_id:
-            store.client.set_terminated(run_id, "FAILED")
-    except Exception as err:
-        _give_up(store.uri, err)
+    _tracked(hp, lambda store: store.mark_failed(records.LINEAGE))
 
 
 def run_ids(hp):
     """{'parent_run_id': ..., 'round_run_ids': {round: id}} of the lineage (None where unreachable)."""
-    store = _store(hp)
-    try:
-        parent = store.run_id(records.LINEAGE) if store else None
-        rounds = {r: store.run_id(records.branch_run(r), create=False) for r in range(hp.rounds + 1)} if store else {}
-    except Exception as err:
-        _give_up(store.uri, err)
-        parent, rounds = None, {}
-    return {"parent_run_id": parent, "round_run_ids": {str(r): run for r, run in rounds.items() if run}}
+    return _tracked(hp, lambda store: store.run_ids(hp.rounds), default={"parent_run_id": None, "round_run_ids": {}})
 
 
 def register_ticket(hp, model, round_, example):
     """Register a round's ticket in the Model Registry once (see Store.register); its version, or None."""
-    store = _store(hp)
+    return _tracked(hp, lambda store: store.register(hp.tracking.registered_model, model, round_, example))
+
+
+def _tracked(hp, action, default=None, fresh_probe=False):
+    """`action(store)` on the lineage's store, or `default` where the store is unreachable or the
+    call fails (then this process warns once and stops tracking): tracking never costs a stage its
+    outputs."""
+    store = _store(hp, fresh_probe)
     if store is None:
-        return None
+        return default
     try:
-        return store.register(model, round_, example)
+        return action(store)
     except Exception as err:
         _give_up(store.uri, err)
-        return None
+        return default
 
 
 class Store:
-    """One lineage's runs in one MLflow experiment, as seen by this process."""
+    """One lineage's runs in one MLflow experiment, as seen by this process. It serves every params
+    file of that lineage, so it reads from `hp` only what names the lineage (seed, identity)."""
 
     def __init__(self, hp, uri):
         from mlflow.tracking import MlflowClient
@@ -171,7 +153,20 @@ class Store:
             tags["lottery.previous_round_run_id"] = self.run_id(records.branch_run(run.round - 1))
         return tags
 
-    def publish(self, record):
+    def run_ids(self, rounds):
+        rounds = {r: self.run_id(records.branch_run(r), create=False) for r in range(rounds + 1)}
+        return {"parent_run_id": self.run_id(records.LINEAGE), "round_run_ids": {str(r): i for r, i in rounds.items() if i}}
+
+    def mark_failed(self, run):
+        run_id = self.run_id(run, create=False)
+        if run_id:
+            self.client.set_terminated(run_id, "FAILED")
+
+    def publish(self, *items):
+        for record in items:
+            self._publish(record)
+
+    def _publish(self, record):
         from mlflow.entities import Metric, Param, RunTag
 
         run_id = self.run_id(record.run)
@@ -217,9 +212,9 @@ class Store:
                 tags=tags[100 * i : 100 * (i + 1)],
             )
 
-    def register(self, model, round_, example):
+    def register(self, name, model, round_, example):
         """Log a round's ticket as an MLflow PyTorch model on the parent run and register it as
-        `tracking.registered_model`, unless this lineage registered that round already.
+        `name`, unless this lineage registered that round there already.
 
         The model is saved in MLflow's safe `pt2` format (torch.export, no pickled code), traced on
         `example` (a few real inputs), with `mlflow.pytorch.save_model`, then logged through this
@@ -228,7 +223,6 @@ class Store:
         import mlflow.pytorch
         import torch
 
-        name = self.hp.tracking.registered_model
         parent = self.run_id(records.LINEAGE)
         for version in self.client.search_model_versions(f"name = '{name}' and run_id = '{parent}'"):
             if version.tags.get(ROUND_TAG) == str(round_):
@@ -288,12 +282,14 @@ def _store(hp, fresh_probe=False):
     uri = tracking_uri(hp.tracking)
     if uri in _unreachable and not fresh_probe:
         return None
+    key = (uri, hp.tracking.experiment, provenance.lineage_id(hp))
+    if key in _stores and not fresh_probe:  # reached already in this process
+        return _stores[key]
     reachable, why = probe(uri, fresh=fresh_probe)
     if not reachable:
         _give_up(uri, why)
         return None
     _unreachable.pop(uri, None)
-    key = (uri, hp.tracking.experiment, provenance.lineage_id(hp))
     if key not in _stores:
         try:
             _stores[key] = Store(hp, uri)
