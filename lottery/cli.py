@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from lottery import hparams, paths, yaml12
+from lottery import hparams, paths, warm, yaml12
 from lottery.errors import UserError
 from lottery.io import read_text, write_text
 
@@ -183,6 +183,9 @@ def parser():
 
 
 def main(argv=None):
+    if argv is None:
+        # Run as a program (`lottery`, `python -m lottery`): in the warm worker when one answers.
+        warm.hand_off("__main__", module="lottery")
     args = parser().parse_args(argv)
     try:
         args.handler(args)

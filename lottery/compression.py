@@ -79,27 +79,36 @@ def flops(model, input_shape, mask=None):
 
 def latency(model, input_shape, batch_size, repeats=30, warmup=5):
     """Median wall-clock seconds of one eval-mode forward pass on a batch of `batch_size`."""
-    device = _device(model)
+    return latencies([model], input_shape, batch_size, repeats, warmup)[0]
+
+
+def latencies(models, input_shape, batch_size, repeats=30, warmup=5):
+    """`latency` of each model, timed in turn within every repeat, so that a slow spell of the
+    machine lands on all of them alike and their ratios stay fair."""
+    device = _device(models[0])
     generator = torch.Generator().manual_seed(0)
     example = torch.randn((batch_size, *input_shape), generator=generator).to(device)
     # Without a sync the clock would stop when CUDA kernels are queued, not when they finish.
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    was_training = model.training
-    model.eval()
-    times = []
+    modes = [model.training for model in models]
+    times = [[] for _ in models]
     try:
         with torch.inference_mode():
-            for _ in range(warmup):
-                model(example)
+            for model in models:
+                model.eval()
+                for _ in range(warmup):
+                    model(example)
             sync()
             for _ in range(repeats):
-                start = time.perf_counter()
-                model(example)
-                sync()
-                times.append(time.perf_counter() - start)
+                for model, seconds in zip(models, times):
+                    start = time.perf_counter()
+                    model(example)
+                    sync()
+                    seconds.append(time.perf_counter() - start)
     finally:
-        model.train(was_training)
-    return statistics.median(times)
+        for model, training in zip(models, modes):
+            model.train(training)
+    return [statistics.median(seconds) for seconds in times]
 
 
 def _pack(tensor, keep, name):

@@ -102,6 +102,7 @@ DATASETS = {
 }
 # The pixels and labels of a fetched root as read by the torchvision loader, with the raw digests they came from.
 TENSORS = "tensors.pt"
+PARTS = ("train", "test")  # what the tensor file holds
 # package: the registry package that carries the dataset (see DatasetSpec.package);
 # local: an existing torchvision root; download: torchvision's own download.
 SOURCES = ("package", "local", "download")
@@ -176,7 +177,7 @@ def verify(spec, root):
 def load(data_hp, root):
     """Training (less the validation hold-out), validation and test splits as tensors."""
     spec = DATASETS[data_hp.dataset]
-    train, test = (_normalise(spec, *pixels_and_labels) for pixels_and_labels in _read(spec, root))
+    train, test = (_normalise(spec, *pixels_and_labels) for pixels_and_labels in _read(spec, root, PARTS))
     if data_hp.validation_size >= len(train):
         raise DataError(
             f"data.validation_size = {data_hp.validation_size}: the training set has only {len(train)} examples"
@@ -186,20 +187,31 @@ def load(data_hp, root):
     fit = Split(train.x[:cut], train.y[:cut])
     if data_hp.train_subset:
         fit = Split(fit.x[: data_hp.train_subset], fit.y[: data_hp.train_subset])
-    if data_hp.test_subset:
-        test = Split(test.x[: data_hp.test_subset], test.y[: data_hp.test_subset])
-    return Splits(train=fit, validation=Split(train.x[cut:], train.y[cut:]), test=test)
+    return Splits(train=fit, validation=Split(train.x[cut:], train.y[cut:]), test=_test_subset(data_hp, test))
 
 
-def _read(spec, root):
-    """((train pixels, labels), (test pixels, labels)), uint8 N x C x H x W and int64: from the
+def load_test(data_hp, root):
+    """The test split alone, as `load` gives it, without reading or normalising the training set
+    (stages that only measure a trained model)."""
+    spec = DATASETS[data_hp.dataset]
+    (test,) = _read(spec, root, ("test",))
+    return _test_subset(data_hp, _normalise(spec, *test))
+
+
+def _test_subset(data_hp, test):
+    return Split(test.x[: data_hp.test_subset], test.y[: data_hp.test_subset]) if data_hp.test_subset else test
+
+
+def _read(spec, root, parts):
+    """(pixels, labels) of each part ("train", "test"), uint8 N x C x H x W and int64: from the
     tensor file when it matches this dataset's digests, otherwise through the torchvision loader."""
     cached = Path(root) / TENSORS
     if cached.is_file():
-        tensors = load_torch(cached)
+        # Mapped, not read: a stage that needs the test split alone reads only its pages.
+        tensors = load_torch(cached, mmap=True)
         if tensors["raw_digests"] == spec.raw_digests:
-            return (tensors["train_x"], tensors["train_y"]), (tensors["test_x"], tensors["test_y"])
-    return _read_with_loader(spec, root, train=True), _read_with_loader(spec, root, train=False)
+            return tuple((tensors[f"{part}_x"], tensors[f"{part}_y"]) for part in parts)
+    return tuple(_read_with_loader(spec, root, train=part == "train") for part in parts)
 
 
 def _read_with_loader(spec, root, train):
@@ -216,7 +228,7 @@ def _read_with_loader(spec, root, train):
 
 
 def _write_tensors(spec, root):
-    (train_x, train_y), (test_x, test_y) = _read(spec, root)
+    (train_x, train_y), (test_x, test_y) = _read(spec, root, PARTS)
     tensors = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y, "raw_digests": spec.raw_digests}
     save_torch(Path(root) / TENSORS, tensors)
 

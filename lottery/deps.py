@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = "stages"
 
 
-def closure(script, root=ROOT):
-    """The files `script` (relative to `root`) runs: itself and every package module it can import."""
-    files, queue = set(), [Path(script)]
+def closure(*scripts, root=ROOT):
+    """The files the `scripts` (relative to `root`) run: themselves and every package module they
+    can import."""
+    files, queue = set(), [Path(script) for script in scripts]
     while queue:
         path = queue.pop()
         if path in files:
@@ -46,23 +47,21 @@ def stage_scripts(root=ROOT):
     return sorted(str(path.relative_to(root)) for path in (root / SCRIPTS).glob("*.py"))
 
 
-def stamp(script, root=ROOT):
-    """{file: sha256} of the code `script` runs."""
-    return {file: hashlib.sha256((root / file).read_bytes()).hexdigest() for file in closure(script, root)}
+def stamp(*scripts, root=ROOT):
+    """{file: sha256} of the code the `scripts` run."""
+    return {file: hashlib.sha256((root / file).read_bytes()).hexdigest() for file in closure(*scripts, root=root)}
 
 
 def write_stamps(folder, root=ROOT):
     """One stamp per stage script, `<folder>/<name>.json`; the same code gives the same bytes."""
     for script in stage_scripts(root):
-        write_json(Path(folder) / f"{Path(script).stem}.json", {"script": script, "files": stamp(script, root)})
+        write_json(Path(folder) / f"{Path(script).stem}.json", {"script": script, "files": stamp(script, root=root)})
 
 
 @functools.cache
 def code_digest(root=ROOT):
     """sha256 (16 hex digits) of every file any stage runs: paths and bytes."""
-    files = {}
-    for script in stage_scripts(root):
-        files.update(stamp(script, root))
+    files = stamp(*stage_scripts(root), root=root)
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
 
 

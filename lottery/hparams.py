@@ -96,7 +96,8 @@ class TrainHparams(Section):
     momentum: float  # SGD only
     batch_size: int
     iterations: int  # every round trains this long
-    eval_every: int  # validation and test metrics every N iterations
+    eval_every: int  # validation metrics every N iterations (and test metrics: `test_curve`)
+    test_curve: str  # test metrics at: improvements (of the validation loss; the end too) | every evaluation
     device: str  # auto | cpu | cuda
     warmup_iterations: int  # linear learning-rate warmup from 0 to `lr` over this many iterations
     milestones: list[int]  # iterations at which the learning rate is multiplied by `gamma`
@@ -111,6 +112,7 @@ class TrainHparams(Section):
         _at_least("train.batch_size", self.batch_size, 1)
         _at_least("train.iterations", self.iterations, 1)
         _at_least("train.eval_every", self.eval_every, 1)
+        _one_of("train.test_curve", self.test_curve, ("improvements", "every"))
         _one_of("train.device", self.device, ("auto", "cpu", "cuda"))
         if not 0 <= self.warmup_iterations < self.iterations:
             raise ParamsError(
@@ -131,7 +133,9 @@ class TrainHparams(Section):
 
     def identity(self):
         # The device is recorded with each run's environment (lottery.provenance), not in its name.
-        return _fields(self, drop=("device",) + (("momentum",) if self.optimizer != "sgd" else ()))
+        # test_curve only thins out the test curve: weights, masks and metrics are the same.
+        unused = ("device", "test_curve") + (("momentum",) if self.optimizer != "sgd" else ())
+        return _fields(self, drop=unused)
 
 
 @dataclass(frozen=True)

@@ -78,11 +78,12 @@ def save_torch(path, obj):
     write_bytes(path, buffer.getvalue())
 
 
-def load_torch(path):
-    """A file written by `save_torch` (tensors and plain containers only: no pickled code)."""
+def load_torch(path, mmap=False):
+    """A file written by `save_torch` (tensors and plain containers only: no pickled code);
+    `mmap`: tensors backed by the file's pages, read when first touched."""
     import torch
 
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")
+        return torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
     except FileNotFoundError:
         raise MissingInput(path) from None

@@ -10,10 +10,15 @@ from torch import nn
 
 
 def fake_quantize(tensor, bits):
-    """`tensor` rounded onto 2^bits evenly spaced levels symmetric about 0 (straight-through grads)."""
+    """`tensor` rounded onto 2^bits evenly spaced levels symmetric about 0 (straight-through grads).
+
+    The scale stays a (float32) tensor on the tensor's device: reading it out as a Python number
+    would make the host wait for the device at every layer of every step. The kernel computes
+    with the same float32 scale either way."""
     top = 2 ** (bits - 1) - 1
     scale = tensor.detach().abs().max().clamp(min=1e-12) / top
-    return torch.fake_quantize_per_tensor_affine(tensor, scale.item(), 0, -top - 1, top)
+    zero_point = torch.zeros((), dtype=torch.int32, device=tensor.device)
+    return torch.fake_quantize_per_tensor_affine(tensor, scale.float(), zero_point, -top - 1, top)
 
 
 @contextlib.contextmanager

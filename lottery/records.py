@@ -85,7 +85,7 @@ def evaluated(hp, round_, control=None):
     """A branch's metrics file, its curve as step metrics (step = training iteration), its mask hash."""
     metrics = dict(numeric_metrics(read_json(paths.round_metrics(round_, control))))
     curve = curves.read_csv(paths.curve_plot_data(round_, control))
-    series = {key: [(point["iteration"], point[key]) for point in curve] for key in curves.COLUMNS[1:]}
+    series = curves.series(curve)  # a point without a test measurement logs no test step
     mask = load_torch(paths.mask(round_, control))
     # A pruned round's mask is prune@r's artifact; round 0's and the controls' are written here.
     artifacts = [paths.mask(round_, control)] if control or not round_ else []

@@ -1,9 +1,12 @@
 """The shared shell of every stage script: arguments, params, one-line errors, failed runs marked."""
 
 import argparse
+import json
+import os
 import sys
+import time
 
-from lottery import hparams
+from lottery import hparams, warm
 from lottery.errors import UserError
 
 
@@ -24,7 +27,7 @@ def run(step, per_round=False, per_control=False, on_failure=None, with_params=T
     hp = None
     try:
         if not with_params:
-            return step()
+            return _timed(step)
         hp = hparams.load(args.params)
         step_args = []
         if per_round:
@@ -35,10 +38,35 @@ def run(step, per_round=False, per_control=False, on_failure=None, with_params=T
             if args.control not in hp.controls.run:
                 raise hparams.ParamsError(f"--control = {args.control!r}: not in controls.run {hp.controls.run}")
             step_args.append(args.control)
-        step(hp, *step_args)
+        _timed(step, hp, *step_args)
     except BaseException as err:
         if hp is not None and on_failure is not None:
             on_failure(hp, *step_args)
         if isinstance(err, UserError):
             sys.exit(f"error: {err}")
         raise
+
+
+def _timed(step, *step_args):
+    """Run the step; with LOTTERY_STAGE_TIMES set, append to that file one JSON line with the
+    seconds from the stage process's start to the step's start (its start-up) and to its end."""
+    record_to = os.environ.get("LOTTERY_STAGE_TIMES")
+    if not record_to:
+        return step(*step_args)
+    started, begun = warm.started_at(), time.time()
+    result = step(*step_args)
+    line = {
+        "stage": _stage_name(step),
+        "argv": sys.argv[1:],
+        "startup_seconds": begun - started,
+        "total_seconds": time.time() - started,
+    }
+    with open(record_to, "a") as times:
+        times.write(json.dumps(line) + "\n")
+    return result
+
+
+def _stage_name(step):
+    """The stage script's name (`train` for `python -m stages.train`), else the step's."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return spec.name.rsplit(".", 1)[-1] if spec else step.__name__

@@ -16,12 +16,17 @@ from tqdm import tqdm
 
 from lottery.hparams import ParamsError
 
+# Examples per evaluation forward pass. The loss is summed per batch, so this size fixes how the
+# float sums round: changing it changes the metrics' last bits.
 EVAL_BATCH = 1000
 
 
 @dataclass
 class TrainResult:
-    curve: list  # one dict per evaluation: iteration, validation/test loss and accuracy
+    # One dict per evaluation: iteration, validation loss and accuracy, and test loss and
+    # accuracy where the test split was measured (train.test_curve): always at the early stop
+    # and at the end.
+    curve: list
     snapshot: dict  # state dict at `snapshot_at`, or None
     iterations: int  # where training ended: train.iterations, or earlier if `at_epoch_end` stopped it
     device: torch.device  # where it trained
@@ -76,25 +81,35 @@ def batchnorm_scales(model):
     return [module.weight for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
 
 
-def batchnorm_l1(model, scales=None):
-    """Σ|γ| over the BatchNorm scales (`scales`: batchnorm_scales(model), gathered once by the
-    caller): Network Slimming's sparsity term, which drives the γ of unneeded channels towards
-    zero so a global threshold can remove them."""
-    return sum(gamma.abs().sum() for gamma in (batchnorm_scales(model) if scales is None else scales))
-
-
 @torch.no_grad()
+def add_batchnorm_l1_gradient(scales, strength):
+    """Add the subgradient of Network Slimming's sparsity term `strength`·Σ|γ| to each γ's
+    gradient: `strength`·sign(γ), 0 where γ = 0. The term drives the γ of unneeded channels
+    towards zero so a global threshold can remove them. Added after backward rather than built
+    into the loss, it costs no graph, and the gradient is the same float32 numbers: autograd
+    too adds (float32 `strength`)·sign(γ) to the loss's gradient, in one rounding."""
+    for gamma in scales:
+        gamma.grad.add_(torch.sign(gamma), alpha=strength)
+
+
 def evaluate(model, split):
-    """(mean cross-entropy, accuracy) of `model` on a split."""
+    """(mean cross-entropy, accuracy) of `model` on a split.
+
+    Batches of EVAL_BATCH; each batch's loss sum is a float32, and the sums are added in order
+    as Python floats. They stay on the device until the last batch is done, so the host waits
+    for the device once, not once per batch."""
     model.eval()
-    loss, correct = 0.0, 0
-    for start in range(0, len(split), EVAL_BATCH):
-        logits = model(split.x[start : start + EVAL_BATCH])
-        labels = split.y[start : start + EVAL_BATCH]
-        loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
+    losses, correct = [], []
+    with torch.inference_mode():
+        for start in range(0, len(split), EVAL_BATCH):
+            logits = model(split.x[start : start + EVAL_BATCH])
+            labels = split.y[start : start + EVAL_BATCH]
+            losses.append(F.cross_entropy(logits, labels, reduction="sum"))
+            correct.append((logits.argmax(1) == labels).sum())
+        loss = sum(torch.stack(losses).tolist(), 0.0)
+        right = int(torch.stack(correct).sum())
     model.train()
-    return loss / len(split), correct / len(split)
+    return loss / len(split), right / len(split)
 
 
 def iterations_per_epoch(train_hp, splits):
@@ -108,6 +123,10 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
     exactly zero through every step. `snapshot_at`: also return the state dict after that
     many iterations (late rewinding). `at_epoch_end(model, epoch)` runs after each full epoch
     (1, 2, ...); when it returns True, training stops there (Early-Bird).
+
+    The validation split is measured every `train_hp.eval_every` iterations and at the end. The
+    test split is measured at the end and, with `train_hp.test_curve` 'improvements', wherever the
+    early stop can be (below); with 'every', at each evaluation.
     """
     device = device_for(train_hp.device)
     model.to(device).train()
@@ -124,17 +143,19 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
         raise ParamsError(f"train.batch_size = {batch}: larger than the training set ({size} examples)")
     curve, snapshot, order = [], None, None
     scheduled = bool(train_hp.warmup_iterations or train_hp.milestones)
+    early_stop = None  # the point TrainResult.early_stop would pick from the curve so far
 
-    def record(iteration):
+    def record(iteration, last=False):
+        nonlocal early_stop
         validation_loss, validation_accuracy = evaluate(model, splits.validation)
-        test_loss, test_accuracy = evaluate(model, splits.test)
-        point = {
-            "iteration": iteration,
-            "validation_loss": validation_loss,
-            "validation_accuracy": validation_accuracy,
-            "test_loss": test_loss,
-            "test_accuracy": test_accuracy,
-        }
+        point = {"iteration": iteration, "validation_loss": validation_loss, "validation_accuracy": validation_accuracy}
+        # The early stop so far, found as min() finds it in TrainResult.early_stop: the first
+        # point, then each one whose loss is lower than the best so far. A tie (the earliest
+        # stays) or a NaN loss cannot move it, so only these points need a test measurement.
+        if early_stop is None or validation_loss < early_stop["validation_loss"]:
+            early_stop = point
+        if point is early_stop or last or train_hp.test_curve == "every":
+            point["test_loss"], point["test_accuracy"] = evaluate(model, splits.test)
         curve.append(point)
 
     end = train_hp.iterations
@@ -152,10 +173,10 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(train_hp, iteration)
             loss = F.cross_entropy(model(splits.train.x[index]), splits.train.y[index])
-            if train_hp.bn_l1:
-                loss = loss + train_hp.bn_l1 * batchnorm_l1(model, scales)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if scales:
+                add_batchnorm_l1_gradient(scales, train_hp.bn_l1)
             if masked:
                 _mask_gradients(masked)
             optimizer.step()
@@ -163,7 +184,7 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
             if at_epoch_end and (iteration + 1) % per_epoch == 0 and at_epoch_end(model, (iteration + 1) // per_epoch):
                 end = iteration + 1
                 break
-    record(end)
+    record(end, last=True)
     model.cpu()
     return TrainResult(curve=curve, snapshot=snapshot, iterations=end, device=device)
 

@@ -141,3 +141,5 @@ def pytest_configure(config):
 
         torch.set_num_threads(1)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Warm workers that the tests' stages start (lottery/warm.py) stop soon after the last test.
+    os.environ.setdefault("LOTTERY_WARM_IDLE", "120")

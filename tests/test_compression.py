@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -123,3 +125,25 @@ def test_latency_is_positive_and_restores_train_mode():
     seconds = compression.latency(model, (1, 8, 8), batch_size=4, repeats=3, warmup=1)
     assert isinstance(seconds, float) and seconds > 0
     assert model.training
+
+
+class Recorder(torch.nn.Module):
+    """Sleeps `seconds` per forward pass and notes its name in `calls`."""
+
+    def __init__(self, name, seconds, calls):
+        super().__init__()
+        self.name, self.seconds, self.calls = name, seconds, calls
+
+    def forward(self, x):
+        self.calls.append(self.name)
+        time.sleep(self.seconds)
+        return x
+
+
+def test_latencies_time_the_models_in_turn_and_each_gets_its_own_median():
+    calls = []
+    fast, slow = Recorder("fast", 0.0, calls).train(), Recorder("slow", 0.01, calls).eval()
+    timed = compression.latencies([fast, slow], (1, 2, 2), batch_size=1, repeats=4, warmup=1)
+    assert calls == ["fast", "slow"] + ["fast", "slow"] * 4
+    assert timed[1] >= 0.01 > timed[0]
+    assert fast.training and not slow.training

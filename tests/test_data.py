@@ -30,6 +30,21 @@ def test_subsets_take_the_first_examples(mnist_root):
     assert torch.equal(small.validation.y, full.validation.y)
 
 
+@pytest.mark.parametrize("test_subset", [0, 50])
+def test_the_test_split_alone_is_the_one_load_gives(mnist_root, test_subset):
+    alone = data.load_test(data_hp(test_subset=test_subset), mnist_root)
+    full = data.load(data_hp(test_subset=test_subset), mnist_root).test
+    assert len(alone) == (test_subset or 10000)
+    assert torch.equal(alone.x, full.x) and torch.equal(alone.y, full.y)
+
+
+def test_the_test_split_alone_comes_through_the_loader_without_a_tensor_file(mnist_root, tmp_path):
+    shutil.copytree(mnist_root / "MNIST", tmp_path / "MNIST")
+    assert not (tmp_path / data.TENSORS).exists()
+    alone = data.load_test(data_hp(), tmp_path)
+    assert torch.equal(alone.x, data.load(data_hp(), mnist_root).test.x)
+
+
 def test_local_source_copies_and_verifies(mnist_root, tmp_path):
     data.fetch(data_hp(source="local", local_root=str(mnist_root)), tmp_path / "mnist")
     data.verify(data.DATASETS["mnist"], tmp_path / "mnist")

@@ -28,7 +28,7 @@ def project(tmp_path):
 
 
 def test_the_closure_follows_lazy_imports_and_packages_but_not_the_unimported(project):
-    assert deps.closure("stages/fit.py", project) == [
+    assert deps.closure("stages/fit.py", root=project) == [
         "lottery/__init__.py",
         "lottery/helper.py",
         "lottery/loop.py",
@@ -36,14 +36,14 @@ def test_the_closure_follows_lazy_imports_and_packages_but_not_the_unimported(pr
         "lottery/registry/first.py",
         "stages/fit.py",
     ]
-    assert deps.closure("stages/other.py", project) == ["lottery/__init__.py", "lottery/helper.py", "stages/other.py"]
+    assert deps.closure("stages/other.py", root=project) == ["lottery/__init__.py", "lottery/helper.py", "stages/other.py"]
 
 
 def test_a_stamp_changes_exactly_when_the_code_its_script_runs_changes(project):
     deps.write_stamps(project / "stamps", project)
     before = {p.name: p.read_bytes() for p in (project / "stamps").iterdir()}
     assert sorted(before) == ["fit.json", "other.json"]
-    assert list(json.loads(before["fit.json"])["files"]) == deps.closure("stages/fit.py", project)
+    assert list(json.loads(before["fit.json"])["files"]) == deps.closure("stages/fit.py", root=project)
     deps.write_stamps(project / "stamps", project)
     assert {p.name: p.read_bytes() for p in (project / "stamps").iterdir()} == before  # same code, same bytes
     (project / "lottery/loop.py").write_text("# edited\n")  # fit runs it, other does not

@@ -66,6 +66,22 @@ def test_fake_quantisation_rounds_to_2_to_the_bits_levels_and_passes_gradients_s
     assert torch.equal(weights.grad, torch.ones(1000))
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8, 16])
+def test_fake_quantisation_keeps_its_scale_on_the_device_and_matches_a_python_float_scale_bit_for_bit(bits, monkeypatch):
+    generator = torch.Generator().manual_seed(bits)
+    top = 2 ** (bits - 1) - 1
+    for magnitude in (1e-7, 1e-3, 1.0, 3e4):
+        x = (magnitude * torch.randn(4096, generator=generator)).requires_grad_()
+        scale = x.detach().abs().max().clamp(min=1e-12) / top
+        expected = torch.fake_quantize_per_tensor_affine(x, scale.item(), 0, -top - 1, top)
+        expected_grad = torch.autograd.grad((expected * x.detach()).sum(), x)[0]  # zero where clipped
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.Tensor, "item", lambda self: pytest.fail("fake_quantize read a tensor out to the host"))
+            quantised = quantize.fake_quantize(x, bits)
+        assert torch.equal(quantised, expected)
+        assert torch.equal(torch.autograd.grad((quantised * x.detach()).sum(), x)[0], expected_grad)
+
+
 def test_quantised_forwards_apply_inside_the_block_only():
     model = models.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125).eval()
     x = torch.randn(2, 1, 28, 28)

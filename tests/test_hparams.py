@@ -27,6 +27,7 @@ def test_default_params_describe_the_paper_lenet_experiment():
         ({"seed": "zero"}, "seed = 'zero': must be int"),
         ({"rewind.iteration": 10**9}, "rewind.iteration = 1000000000: must be below train.iterations"),
         ({"data.source": "ftp"}, "data.source = 'ftp': unknown"),
+        ({"train.test_curve": "sometimes"}, "train.test_curve = 'sometimes': unknown (expected one of ['every', 'improvements'])"),
         ({"train.optimzer": "sgd"}, "train.optimzer: unknown key"),
         ({"rounds": {"1": {"prev": 0}, "3": {"prev": 2}}}, "rounds: keys ['1', '3'] must be the strings '1'..'2'"),
         ({"rounds": {"1": {"prev": 0}, "2": {"prev": 0}}}, "rounds.2 = {'prev': 0}: must be {prev: 1}"),
@@ -73,6 +74,7 @@ def test_identity_ignores_what_cannot_change_the_results():
         "data.local_root": "/somewhere/on/another/machine",
         "train.device": "cpu",
         "train.momentum": 0.5,  # read by SGD only; the default optimizer is Adam
+        "train.test_curve": "every",  # more test points on the curve; the same weights and metrics
         "early_bird.ratio": 0.3,  # the search is off
         "rewind.finetune_lr": 0.5,  # rewind.target is init
         "rewind.scratch_budget": "flops",

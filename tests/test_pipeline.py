@@ -143,7 +143,10 @@ def test_report_fills_in_rounds_that_mlflow_missed(lineage):
     round_2 = [r for r in runs if r.data.tags.get("lottery.round") == "2"]
     assert len(round_2) == 1 and round_2[0].info.run_id != lost
     assert round_2[0].data.metrics["test_accuracy_at_early_stop"] == json.loads(paths.round_metrics(2).read_text())["test_accuracy_at_early_stop"]
-    assert len(client.get_metric_history(round_2[0].info.run_id, "test_accuracy")) == 4
+    logged = client.get_metric_history(round_2[0].info.run_id, "test_accuracy")
+    measured = [p for p in json.loads(paths.training_log(2).read_text())["curve"] if "test_accuracy" in p]
+    assert sorted((m.step, m.value) for m in logged) == [(p["iteration"], p["test_accuracy"]) for p in measured]
+    assert measured[0]["iteration"] == 0 and measured[-1]["iteration"] == 60  # always the first and the end
 
 
 def test_controls_run_as_nested_branches_of_each_round(workdir, make_hp):

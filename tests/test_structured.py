@@ -224,14 +224,30 @@ def test_params_refuse_what_a_model_or_strategy_cannot_do():
         hp_with(**{"rewind.target": "finetune", "rewind.iteration": 100})
 
 
-def test_bn_l1_term_has_gradient_lambda_times_the_sign_of_gamma():
-    model = trained_like(VGG).train()
-    (1e-4 * training.batchnorm_l1(model)).backward()
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            assert torch.allclose(module.weight.grad, 1e-4 * module.weight.sign())
-        if isinstance(module, nn.Conv2d):
-            assert module.weight.grad is None
+@pytest.mark.parametrize("strength", [1e-4, 1e-3, 1 / 3, 0.5])
+def test_bn_l1_added_to_the_gradient_is_bit_for_bit_the_gradient_of_the_loss_term(strength):
+    """Network Slimming's λ·Σ|γ|: λ·sign(γ) added after backward gives exactly the gradients of
+    the loss with the term built in, pruned (zero) γ included."""
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(16, 1, 28, 28, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+    gradients = {}
+    for form in ("none", "loss", "gradient"):
+        model = trained_like(VGG).train()
+        scales = training.batchnorm_scales(model)
+        with torch.no_grad():
+            scales[0][:3] = 0  # channels pruned away: sign(0) = 0, no pull either way
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        if form == "loss":
+            loss = loss + strength * sum(gamma.abs().sum() for gamma in scales)
+        loss.backward()
+        if form == "gradient":
+            training.add_batchnorm_l1_gradient(scales, strength)
+        gradients[form] = {name: param.grad for name, param in model.named_parameters()}
+    assert gradients["loss"].keys() == gradients["gradient"].keys()
+    assert all(torch.equal(gradients["loss"][name], gradients["gradient"][name]) for name in gradients["loss"])
+    first_gamma = [grads["features.1.weight"] for grads in gradients.values()]
+    assert torch.equal(first_gamma[0][:3], first_gamma[2][:3])  # the zero γ
+    assert not torch.equal(first_gamma[0][3:], first_gamma[2][3:])  # the others: the term did act
 
 
 def test_bn_l1_in_the_training_loop_moves_gamma_by_lr_times_lambda_times_sign(mnist_root, make_hp):

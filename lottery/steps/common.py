@@ -8,6 +8,10 @@ def splits(hp):
     return data.load(hp.data, paths.dataset_root(hp.data.dataset))
 
 
+def test_split(hp):
+    return data.load_test(hp.data, paths.dataset_root(hp.data.dataset))
+
+
 def model_spec(hp, compact_of=None):
     spec = data.DATASETS[hp.data.dataset]
     return checkpoints.model_spec(hp.model.name, spec.input_shape, spec.num_classes, hp.model.width, compact_of)

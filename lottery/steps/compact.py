@@ -4,7 +4,7 @@ import torch
 
 from lottery import channels, checkpoints, compression, masks, paths, records, tracking
 from lottery.io import write_json
-from lottery.steps.common import model_spec, save_weights, splits
+from lottery.steps.common import model_spec, save_weights, test_split
 
 # The issue's bar for "the compact model computes what the masked one does".
 EQUIVALENCE_TOLERANCE = 1e-4
@@ -18,7 +18,7 @@ def compact(hp, round_):
     model, checkpoint = checkpoints.load_model(paths.trained_weights(round_))
     mask = masks.load(paths.mask(round_), model)
     model.eval()
-    probe = splits(hp).test.x[:256]
+    probe = test_split(hp).x[:256]
     if channels.is_channel_mask(model, mask):
         shipped, sparse_mask = channels.compact(model, mask), None
         spec = model_spec(hp, compact_of=shipped)
@@ -45,25 +45,26 @@ def compact(hp, round_):
 
 
 def compression_report(hp, round_, dense, shipped, mask, structured):
-    """Parameters, FLOPs, bytes on disk and median CPU latency (batch 1 and 64) of the dense model
-    and the shipped one, with the FLOPs speedup beside the measured ones."""
+    """Parameters, FLOPs, bytes on disk and median CPU latency (batch 1 and 64; the two models
+    timed in turn) of the dense model and the shipped one, with the FLOPs speedup beside the
+    measured ones."""
     input_shape = dense.input_shape
-
-    def measure(model, path, parameters, flops):
-        figures = {"parameters": parameters, "flops": flops, "bytes": compression.file_bytes(path)}
-        for batch in LATENCY_BATCHES:
-            seconds = compression.latency(model, input_shape, batch, repeats=hp.compact.latency_repeats)
-            figures[f"latency_ms_batch_{batch}"] = 1000 * seconds
-        return figures
-
-    dense_figures = measure(
-        dense, paths.trained_weights(0), compression.parameter_count(dense), compression.flops(dense, input_shape)
-    )
     # A sparse file stores only the kept values of its masked tensors.
     pruned = 0 if structured else sum(keep.numel() - int(keep.sum()) for keep in mask.values())
-    shipped_parameters = compression.parameter_count(shipped) - pruned
-    shipped_flops = compression.flops(shipped, input_shape, None if structured else mask)
-    compact_figures = measure(shipped, paths.compact_model(round_), shipped_parameters, shipped_flops)
+    dense_figures = {
+        "parameters": compression.parameter_count(dense),
+        "flops": compression.flops(dense, input_shape),
+        "bytes": compression.file_bytes(paths.trained_weights(0)),
+    }
+    compact_figures = {
+        "parameters": compression.parameter_count(shipped) - pruned,
+        "flops": compression.flops(shipped, input_shape, None if structured else mask),
+        "bytes": compression.file_bytes(paths.compact_model(round_)),
+    }
+    for batch in LATENCY_BATCHES:
+        timed = compression.latencies([dense, shipped], input_shape, batch, repeats=hp.compact.latency_repeats)
+        for figures, seconds in zip((dense_figures, compact_figures), timed):
+            figures[f"latency_ms_batch_{batch}"] = 1000 * seconds
     report_ = {
         "round": round_,
         "form": "channels_removed" if structured else "sparse_file",

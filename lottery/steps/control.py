@@ -26,4 +26,4 @@ def control(hp, round_, name):
         iterations=schedule.iterations,
         control=name,
     )
-    evaluate(hp, round_, splits=splits, control=name)
+    evaluate(hp, round_, test=splits.test, control=name)

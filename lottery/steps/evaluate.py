@@ -2,17 +2,17 @@
 
 from lottery import checkpoints, curves, masks, paths, records, tracking, training
 from lottery.io import read_json, write_json, write_text
-from lottery.steps.common import splits as load_splits
+from lottery.steps.common import test_split
 
 
-def evaluate(hp, round_, splits=None, control=None):
+def evaluate(hp, round_, test=None, control=None):
     """Round r's metrics (or a control's): test accuracy and loss, early stopping, sparsity."""
     model, _ = checkpoints.load_model(paths.trained_weights(round_, control))
     mask = masks.load(paths.mask(round_, control), model)
     check_pruned_weights_are_zero(model, mask)
-    splits = splits or load_splits(hp)
+    test = test or test_split(hp)
     device = training.device_for(hp.train.device)
-    test_loss, test_accuracy = training.evaluate(model.to(device), splits.test.to(device))
+    test_loss, test_accuracy = training.evaluate(model.to(device), test.to(device))
     log = read_json(paths.training_log(round_, control))
     sparsity = masks.sparsity_report(mask, model.prunable_kinds())
     metrics = {

@@ -2,7 +2,7 @@
 
 from lottery import checkpoints, early_bird, paths, records, report, tracking
 from lottery.io import read_json, write_json, write_text
-from lottery.steps.common import splits
+from lottery.steps.common import test_split
 
 # Real test images the registered model is traced on and shows as its input example.
 EXAMPLE_IMAGES = 4
@@ -27,7 +27,7 @@ def summarize(hp):
     if hp.tracking.registered_model and ticket:
         # The compact form: channels removed, or the sparse ticket loaded back to its masked weights.
         model, _ = checkpoints.load_model(paths.compact_model(ticket["round"]))
-        example = splits(hp).test.x[:EXAMPLE_IMAGES].numpy()
+        example = test_split(hp).x[:EXAMPLE_IMAGES].numpy()
         tracking.register_ticket(hp, model, ticket["round"], example)
     print(report.format_table(summary))
     print(report.format_compression_table(compressions))

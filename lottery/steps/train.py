@@ -41,7 +41,7 @@ def train_dense(hp):
     masks.save(mask, paths.mask(0))
     save_training(hp, 0, model, result, parents=[paths.init_checkpoint()], iterations=result.iterations)
     _write_early_bird(hp, search, result, training.iterations_per_epoch(hp.train, splits))
-    evaluate(hp, 0, splits=splits)
+    evaluate(hp, 0, test=splits.test)
 
 
 def _write_early_bird(hp, search, result, per_epoch):

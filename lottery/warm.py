@@ -1,0 +1,404 @@
+"""A warm worker for stage processes: torch and MLflow imported once, each stage still a fresh process.
+
+Every stage of the pipeline is its own `python -m stages.<name>` process, and importing torch,
+torchvision and MLflow costs it seconds before any work starts. A stage script's first call,
+`hand_off(__name__)`, sends the stage to a worker process that has imported those libraries
+(never any module of this project) and waits for it. The worker forks once per stage: the fork
+takes the stage's argv, working directory, environment, umask, sys.path and standard streams,
+imports this project's modules fresh from the stage's own checkout, runs the stage script as
+`__main__`, and exits; the worker itself is never changed by a stage, so no state passes from
+one stage to the next. The stage process exits with the fork's exit status, and a signal it gets
+(Ctrl-C, a timeout) goes on to the fork.
+
+There is nothing to set up. The first stage that finds no worker starts one in the background
+and runs itself as usual; the next stages find it. A worker serves one interpreter, one set of
+installed packages and the environment variables that steer those libraries at import time
+(its socket's name is a digest of them), and stops by itself after `LOTTERY_WARM_IDLE` seconds
+without a stage (default 300) or when another worker takes its socket. `LOTTERY_WARM=0` runs
+every stage in its own process without a worker. If the worker cannot take a stage, the stage
+runs in its own process.
+"""
+
+import hashlib
+import io
+import json
+import os
+import select
+import signal
+import site
+import socket
+import subprocess
+import sys
+import time
+import traceback
+
+# What stages import that takes seconds; a module that fails to import is left to the stages.
+PRELOADED = (
+    "numpy",
+    "yaml",
+    "tqdm",
+    "torch",
+    "torchvision",
+    "torch_pruning",
+    "mlflow.entities",
+    "mlflow.tracking",
+    "mlflow.pytorch",
+    "mlflow.store.tracking.sqlalchemy_store",
+    # Not pyplot: importing it would pick a plotting backend for every stage.
+    "matplotlib.figure",
+    "matplotlib.backends.backend_agg",
+)
+# Environment variables these libraries read when imported: a worker serves one set of values.
+IMPORT_TIME_ENVIRONMENT = ("OMP_", "MKL_", "KMP_", "OPENBLAS_", "CUDA_", "CUBLAS_", "TORCH", "PYTORCH_", "PYTHON", "LD_", "MPLBACKEND")
+PROJECT_PACKAGES = ("lottery", "stages")
+DEFAULT_IDLE_SECONDS = 300
+MESSAGE_LIMIT = 1 << 20
+STREAMS = ("stdin", "stdout", "stderr")
+
+# Set in a worker's fork, in the stage's own copy of this module.
+in_worker = False
+_started_at = None
+
+
+def hand_off(name, module=None):
+    """In a stage script run as `__main__`: have the warm worker run this stage and exit with its
+    status. Returns (the stage then runs here) when there is no worker to take it. `module`: what
+    the worker runs as `__main__` (default: the module being run, as `python -m` named it)."""
+    module = module or getattr(sys.modules["__main__"].__spec__, "name", None)
+    if name != "__main__" or not module or in_worker or os.environ.get("LOTTERY_WARM", "1") == "0":
+        return
+    path = socket_path()
+    if path is None:
+        return
+    connection = _connect(path)
+    if connection is None:
+        _start_worker(path)
+        return
+    status = _delegate(connection, module)
+    if status is not None:
+        sys.exit(status)
+
+
+def started_at():
+    """Wall-clock time at which this stage's process started (the stage process, not a worker fork)."""
+    if _started_at is not None:
+        return _started_at
+    with open("/proc/self/stat") as stat:
+        # Field 22, clock ticks after boot; the command name (field 2) may hold spaces.
+        ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as uptime:
+        age = float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() - age
+
+
+def socket_path():
+    """Where the worker for this interpreter, its packages and its environment listens; None if
+    that path would be too long for a Unix socket."""
+    folder = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lottery-warm-{os.getuid()}")
+    path = os.path.join(folder, f"{_identity()}.sock")
+    return path if len(path.encode()) < 100 else None
+
+
+def _identity():
+    digest = hashlib.sha256()
+    packages = [(folder, os.stat(folder).st_mtime_ns) for folder in site.getsitepackages() if os.path.isdir(folder)]
+    steering = sorted((key, value) for key, value in os.environ.items() if key.startswith(IMPORT_TIME_ENVIRONMENT))
+    for part in (sys.executable, sys.version, sys.flags, sys.warnoptions, sys._xoptions, packages, steering, PRELOADED):
+        digest.update(repr(part).encode())
+    with open(__file__, "rb") as source:
+        digest.update(source.read())
+    return digest.hexdigest()[:20]
+
+
+# The stage's side.
+
+
+def _connect(path):
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        connection.connect(path)
+    except OSError:
+        connection.close()
+        return None
+    return connection
+
+
+def _delegate(connection, module):
+    """Send this process's stage to the worker; its exit status, or None if it never started."""
+    request = {
+        "module": module,
+        "argv": sys.argv,
+        "cwd": os.getcwd(),
+        "environment": dict(os.environ),
+        "path": sys.path,
+        "umask": _umask(),
+        "started_at": started_at(),
+        "streams": {name: _stream_options(getattr(sys, name)) for name in STREAMS[1:]},
+    }
+    with connection:
+        try:
+            socket.send_fds(connection, [json.dumps(request).encode()], [0, 1, 2])
+            started = _receive(connection)
+        except OSError:
+            started = None
+        if started is None:
+            return None
+        _forward_signals(started["pid"])
+        finished = _receive(connection)
+    if finished is None:
+        sys.exit("error: the warm worker running this stage stopped; rerun with LOTTERY_WARM=0 to run it without one")
+    return finished["exit"]
+
+
+def _forward_signals(pid):
+    def forward(number, frame):
+        try:
+            os.kill(pid, number)
+        except ProcessLookupError:
+            pass
+
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, forward)
+
+
+def _receive(connection):
+    message = connection.recv(MESSAGE_LIMIT)
+    return json.loads(message) if message else None
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _stream_options(stream):
+    return {
+        "encoding": stream.encoding,
+        "errors": stream.errors,
+        "line_buffering": stream.line_buffering,
+        "write_through": stream.write_through,
+    }
+
+
+def _start_worker(path):
+    """Start a worker in the background unless another stage is starting one."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        claim = os.open(f"{path}.starting", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        if time.time() - _mtime(f"{path}.starting") < 60:
+            return
+        # A start that never finished (its worker died while importing): try again.
+        os.unlink(f"{path}.starting")
+        return _start_worker(path)
+    os.close(claim)
+    with open(f"{path}.log", "ab") as log:
+        subprocess.Popen(
+            [sys.executable, __file__, path],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd="/",
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def _mtime(path):
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return 0
+
+
+# The worker's side.
+
+
+def serve(path, idle_seconds):
+    """Accept stages on `path` until idle for `idle_seconds` or until another worker takes `path`."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pending = f"{path}.{os.getpid()}"
+    listener.bind(pending)
+    listener.listen(64)
+    os.replace(pending, path)
+    own = os.stat(path).st_ino
+    # Forks report to the stage process themselves; the worker never waits for them.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    # A stage that arrives while the libraries load is served between two imports: it imports
+    # the rest itself rather than wait for all of them.
+    for name in PRELOADED:
+        _preload(name)
+        _serve_waiting(listener, timeout=0)
+    _unlink(f"{path}.starting")
+    last = time.monotonic()
+    while time.monotonic() - last < idle_seconds and _owns(path, own):
+        if _serve_waiting(listener, timeout=min(idle_seconds, 5)):
+            last = time.monotonic()
+    if _owns(path, own):
+        _unlink(path)
+
+
+def _preload(name):
+    try:
+        __import__(name)
+    except Exception:  # the stage that needs it reports the failure
+        traceback.print_exc()
+
+
+def _serve_waiting(listener, timeout):
+    """Start a fork for each stage waiting on `listener` (waiting up to `timeout` s for the
+    first); whether there was one."""
+    served = False
+    while select.select([listener], [], [], 0 if served else timeout)[0]:
+        connection, _ = listener.accept()
+        if os.fork() == 0:
+            listener.close()
+            _supervise(connection)
+        connection.close()
+        served = True
+    return served
+
+
+def _owns(path, inode):
+    try:
+        return os.stat(path).st_ino == inode
+    except FileNotFoundError:
+        return False
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _supervise(connection):
+    """In a fork of the worker: start the stage in a fork of its own, tell the stage process its pid,
+    and pass on its exit status; if the stage process goes away, stop the stage."""
+    status = 1
+    try:
+        message, descriptors, _, _ = socket.recv_fds(connection, MESSAGE_LIMIT, len(STREAMS))
+        request = json.loads(message)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        stage = os.fork()
+        if stage == 0:
+            connection.close()
+            _run_stage(request, descriptors)
+        for descriptor in descriptors:
+            os.close(descriptor)
+        connection.send(json.dumps({"pid": stage}).encode())
+        status = _watch(connection, stage)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(status)
+
+
+def _watch(connection, stage):
+    ended = os.pidfd_open(stage)
+    while True:
+        ready, _, _ = select.select([connection, ended], [], [])
+        if ended in ready:
+            _, status = os.waitpid(stage, 0)
+            code = os.waitstatus_to_exitcode(status)
+            connection.send(json.dumps({"exit": code if code >= 0 else 128 - code}).encode())
+            return 0
+        if not connection.recv(MESSAGE_LIMIT):
+            os.kill(stage, signal.SIGTERM)
+            os.waitpid(stage, 0)
+            return 1
+
+
+def _run_stage(request, descriptors):
+    """In the stage's fork: become the stage process, run its script as `__main__`, and exit as
+    the interpreter would."""
+    code = 1
+    try:
+        _become(request, descriptors)
+        import runpy
+
+        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as stop:
+        code = _exit_code(stop.code)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = 128 + signal.SIGINT
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        _finish(code)
+
+
+def _become(request, descriptors):
+    for target, descriptor in enumerate(descriptors):
+        os.dup2(descriptor, target)
+        os.close(descriptor)
+    _rebind_streams(request["streams"])
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["environment"])
+    os.umask(request["umask"])
+    sys.argv = request["argv"]
+    sys.path[:] = request["path"]
+    for name in list(sys.modules):
+        if name.split(".")[0] in PROJECT_PACKAGES:
+            del sys.modules[name]
+    import importlib
+
+    sys.path_importer_cache.clear()
+    importlib.invalidate_caches()
+    # The stage's own copy of this module: its hand_off must not hand off again.
+    stage_copy = importlib.import_module("lottery.warm")
+    stage_copy.in_worker = True
+    stage_copy._started_at = request["started_at"]
+
+
+def _rebind_streams(options):
+    """sys.stdin/stdout/stderr on the stage's descriptors, buffered as in the stage process; log
+    handlers that held the worker's streams get the stage's."""
+    import logging
+
+    replaced = {}
+    sys.stdin = open(0, "r", closefd=False)
+    for descriptor, name in enumerate(STREAMS[1:], start=1):
+        stream = io.TextIOWrapper(io.BufferedWriter(io.FileIO(descriptor, "w", closefd=False)), **options[name])
+        replaced[id(getattr(sys, name))] = stream
+        setattr(sys, name, stream)
+    loggers = [logging.getLogger()] + [logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)]
+    for handler in (handler for logger in loggers for handler in logger.handlers):
+        if isinstance(handler, logging.StreamHandler) and id(handler.stream) in replaced:
+            handler.setStream(replaced[id(handler.stream)])
+
+
+def _exit_code(value):
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value
+    print(value, file=sys.stderr)
+    return 1
+
+
+def _finish(code):
+    """Exit as the interpreter exits: wait for the threads it waits for (thread pools told to stop
+    first), run the atexit handlers, flush the streams."""
+    import atexit
+    import threading
+
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    # Run as a script: the folder holding this file must not shadow the libraries' modules.
+    sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
+    serve(sys.argv[1], float(os.environ.get("LOTTERY_WARM_IDLE", DEFAULT_IDLE_SECONDS)))
