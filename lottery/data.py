@@ -6,6 +6,7 @@ a tensor file beside them, so the stages that load data skip importing torchvisi
 a stage here).
 """
 
+import functools
 import gzip
 import hashlib
 import os
@@ -175,7 +176,26 @@ def verify(spec, root):
 
 
 def load(data_hp, root):
-    """Training (less the validation hold-out), validation and test splits as tensors."""
+    """Training (less the validation hold-out), validation and test splits as tensors.
+
+    Within one process, the same tensor file, unchanged, gives the same tensors again (callers
+    only read them): a lineage run in one process loads its data once."""
+    stamp = _file_stamp(Path(root) / TENSORS)
+    if stamp is None:
+        return _load.__wrapped__(data_hp, str(root), stamp)
+    return _load(data_hp, str(root), stamp)
+
+
+def _file_stamp(path):
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
+@functools.lru_cache(maxsize=2)
+def _load(data_hp, root, stamp):
     spec = DATASETS[data_hp.dataset]
     train, test = (_normalise(spec, *pixels_and_labels) for pixels_and_labels in _read(spec, root, PARTS))
     if data_hp.validation_size >= len(train):

@@ -68,11 +68,14 @@ def hand_off(name, module=None):
     if name != "__main__" or not module or in_worker or os.environ.get("LOTTERY_WARM", "1") == "0":
         return
     path = socket_path()
-    if path is None:
+    if path is None or not _private(os.path.dirname(path)):
         return
     connection = _connect(path)
     if connection is None:
-        _start_worker(path)
+        try:
+            _start_worker(path)
+        except OSError as err:  # no worker this time; the stage runs here all the same
+            print(f"warning: no warm worker ({err})", file=sys.stderr)
         return
     status = _delegate(connection, module)
     if status is not None:
@@ -111,6 +114,16 @@ def _identity():
 
 
 # The stage's side.
+
+
+def _private(folder):
+    """Whether `folder` (made if missing) belongs to this user: a stage sends its environment only
+    to a worker of the same user."""
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        return os.stat(folder).st_uid == os.getuid()
+    except OSError:
+        return False
 
 
 def _connect(path):
@@ -183,14 +196,13 @@ def _stream_options(stream):
 
 def _start_worker(path):
     """Start a worker in the background unless another stage is starting one."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     try:
         claim = os.open(f"{path}.starting", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         if time.time() - _mtime(f"{path}.starting") < 60:
             return
         # A start that never finished (its worker died while importing): try again.
-        os.unlink(f"{path}.starting")
+        _unlink(f"{path}.starting")
         return _start_worker(path)
     os.close(claim)
     with open(f"{path}.log", "ab") as log:

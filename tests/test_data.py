@@ -45,6 +45,17 @@ def test_the_test_split_alone_comes_through_the_loader_without_a_tensor_file(mni
     assert torch.equal(alone.x, data.load(data_hp(), mnist_root).test.x)
 
 
+def test_a_process_loads_an_unchanged_tensor_file_once(mnist_root, tmp_path):
+    shutil.copytree(mnist_root, tmp_path / "mnist")
+    first, again = data.load(data_hp(), tmp_path / "mnist"), data.load(data_hp(), tmp_path / "mnist")
+    assert again.train.x is first.train.x
+    assert data.load(data_hp(validation_size=100), tmp_path / "mnist").train.x is not first.train.x
+    tensors = tmp_path / "mnist" / data.TENSORS
+    tensors.write_bytes(tensors.read_bytes())  # the same bytes, a new file: read again
+    rewritten = data.load(data_hp(), tmp_path / "mnist")
+    assert rewritten.train.x is not first.train.x and torch.equal(rewritten.train.x, first.train.x)
+
+
 def test_local_source_copies_and_verifies(mnist_root, tmp_path):
     data.fetch(data_hp(source="local", local_root=str(mnist_root)), tmp_path / "mnist")
     data.verify(data.DATASETS["mnist"], tmp_path / "mnist")

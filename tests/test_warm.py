@@ -209,7 +209,7 @@ def test_lottery_warm_0_runs_the_stage_in_its_own_process(warmed):
 def test_an_idle_worker_stops_by_itself_and_its_stages_then_run_on_their_own(project, tmp_path):
     env = {**os.environ, "PYTHON_LOTTERY_TEST_WORKER": uuid.uuid4().hex}
     path = worker_path(env)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     # The worker's own loop, without the libraries (loading them takes seconds and is not the point).
     serving = "import sys; from lottery import warm; warm.PRELOADED = (); warm.serve(sys.argv[1], 1)"
     worker = subprocess.Popen([sys.executable, "-c", serving, path], cwd=project, env=env)
@@ -225,7 +225,7 @@ def test_an_idle_worker_stops_by_itself_and_its_stages_then_run_on_their_own(pro
 def test_a_worker_still_loading_serves_a_stage_between_two_imports(project, tmp_path):
     env = {**os.environ, "PYTHON_LOTTERY_TEST_WORKER": uuid.uuid4().hex}
     path = worker_path(env)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     for name in ("first", "second"):  # each import waits until the test lets it finish
         (tmp_path / f"preload_probe_{name}.py").write_text(
             f"import os, time\nwhile not os.path.exists({str(tmp_path / name)!r}):\n    time.sleep(0.05)\n"
@@ -280,3 +280,13 @@ def test_the_socket_path_depends_on_the_variables_that_steer_imports(monkeypatch
         monkeypatch.setenv("OMP_NUM_THREADS", threads)
     monkeypatch.setenv("LOTTERY_STAGE_TIMES", "/tmp/elsewhere")
     assert warm.socket_path() == before
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a folder to another user needs root")
+def test_a_worker_folder_that_another_user_owns_is_never_used(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    assert warm._private(str(theirs)) is False
+    assert warm._private(str(tmp_path / "mine")) is True  # made, with this user as its owner
+    assert (tmp_path / "mine").stat().st_mode & 0o777 == 0o700
