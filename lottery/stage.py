@@ -68,5 +68,5 @@ def _timed(step, *step_args):
 
 def _stage_name(step):
     """The stage script's name (`train` for `python -m stages.train`), else the step's."""
-    spec = getattr(sys.modules["__main__"], "__spec__", None)
-    return spec.name.rsplit(".", 1)[-1] if spec else step.__name__
+    module = warm.main_module()
+    return module.rsplit(".", 1)[-1] if module else step.__name__

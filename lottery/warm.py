@@ -64,7 +64,7 @@ def hand_off(name, module=None):
     """In a stage script run as `__main__`: have the warm worker run this stage and exit with its
     status. Returns (the stage then runs here) when there is no worker to take it. `module`: what
     the worker runs as `__main__` (default: the module being run, as `python -m` named it)."""
-    module = module or getattr(sys.modules["__main__"].__spec__, "name", None)
+    module = module or main_module()
     if name != "__main__" or not module or in_worker or os.environ.get("LOTTERY_WARM", "1") == "0":
         return
     path = socket_path()
@@ -80,6 +80,12 @@ def hand_off(name, module=None):
     status = _delegate(connection, module)
     if status is not None:
         sys.exit(status)
+
+
+def main_module():
+    """The dotted name `python -m` ran (`stages.train`), or None (a script, an interactive session)."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return spec.name if spec else None
 
 
 def started_at():
