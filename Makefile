@@ -38,6 +38,8 @@ bench: $(VENV)/.installed
 	$(PYTHON) bench/lth_mnist.py
 	$(PYTHON) bench/structured_fmnist.py
 	$(PYTHON) bench/early_bird_fmnist.py
+	$(PYTHON) bench/supermask_mnist.py
+	$(PYTHON) bench/supermask_mnist.py --signs none --widths 1
 
 clean:
 	rm -rf models metrics/rounds metrics/compression plots/curves mlflow.db mlruns

@@ -1,7 +1,8 @@
 """Self-describing checkpoints: weights plus what built them, loadable with weights_only=True.
 
-`model` describes the architecture: the registry name, input shape, classes and width, and for a
-compact model the channels of every layer (lottery.channels.shapes). A sparse checkpoint stores
+`model` describes the architecture: the registry name, input shape, classes and width, the init
+its fresh weights are drawn by (absent: Glorot), and for a compact model the channels of every
+layer (lottery.channels.shapes). A sparse checkpoint stores
 its masked tensors as bitmask + kept values (lottery.compression.pack_state).
 
 A checkpoint holds only what determines it (weights, architecture, round, iteration and the files
@@ -34,10 +35,13 @@ def load(path):
     return load_torch(path)
 
 
-def model_spec(name, input_shape, num_classes, width, compact_of=None):
+def model_spec(name, input_shape, num_classes, width, init="glorot", compact_of=None):
     """The architecture description `load_model` rebuilds from; `compact_of`: a channel-pruned
     model whose layer sizes it records."""
     spec = {"name": name, "input_shape": list(input_shape), "num_classes": num_classes, "width": width}
+    # Glorot, the default, is left implicit: checkpoints from before model.init keep their bytes.
+    if init != "glorot":
+        spec["init"] = init
     if compact_of is not None:
         spec["channels"] = channels.shapes(compact_of)
     return spec
@@ -47,7 +51,8 @@ def build(spec, seed=0):
     """A model of the described architecture, with weights drawn from `seed`."""
     # Checkpoints written before model.width existed describe width-1 models.
     width = spec.get("width", 1.0)
-    model = models.build(spec["name"], spec["input_shape"], spec["num_classes"], seed=seed, width=width)
+    init = spec.get("init", "glorot")
+    model = models.build(spec["name"], spec["input_shape"], spec["num_classes"], seed=seed, width=width, init=init)
     return channels.resize(model, spec["channels"]) if "channels" in spec else model
 
 

@@ -175,6 +175,11 @@ def verify(spec, root):
             raise DataError(f"{path}: {spec.digest} {digest[:12]}… is not the expected {expected[:12]}…")
 
 
+def batch_order(seed, epoch, size):
+    """The permutation of the training set for one epoch, drawn from (seed, epoch) alone."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
 def load(data_hp, root):
     """Training (less the validation hold-out), validation and test splits as tensors.
 

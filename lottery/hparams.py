@@ -78,15 +78,22 @@ class DataHparams(Section):
 @dataclass(frozen=True)
 class ModelHparams(Section):
     name: str  # registry name in lottery.models
-    width: float  # channel multiplier of the VGG and ResNet models (1.0 = the paper's widths)
+    width: float  # channel multiplier of the VGG and ResNet models, hidden units of LeNet (1.0 = the paper's)
+    init: str  # how θ0 is drawn: glorot | kaiming_normal | signed_kaiming_constant (lottery.models.base)
 
     def check(self):
         from lottery import models
+        from lottery.models import base
 
         _one_of("model.name", self.name, models.REGISTRY)
         _positive("model.width", self.width)
         if self.width != 1.0 and not models.REGISTRY[self.name].scalable:
             raise ParamsError(f"model.width = {self.width!r}: {self.name} has fixed widths (use 1.0)")
+        _one_of("model.init", self.init, base.INITS)
+
+    def identity(self):
+        # Lineages named before model.init existed were all Glorot: the default keeps their names.
+        return _fields(self, drop=("init",) if self.init == "glorot" else ())
 
 
 @dataclass(frozen=True)
@@ -230,6 +237,36 @@ class EarlyBirdHparams(Section):
 
 
 @dataclass(frozen=True)
+class SupermaskHparams(Section):
+    iterations: int  # score-training steps per round (SGD with momentum, cosine decay to 0)
+    lr: float
+    momentum: float
+    weight_decay: float  # on the scores
+    weight_agnostic: bool  # each step, every kept weight is one shared value drawn from weight_agnostic.values
+
+    def check(self):
+        _at_least("supermask.iterations", self.iterations, 1)
+        _positive("supermask.lr", self.lr)
+        if not 0 <= self.momentum < 1:
+            raise ParamsError(f"supermask.momentum = {self.momentum!r}: must be in [0, 1)")
+        _at_least("supermask.weight_decay", self.weight_decay, 0)
+
+
+@dataclass(frozen=True)
+class WeightAgnosticHparams(Section):
+    values: list[float]  # the shared weights w every round's mask is evaluated with ([] = none)
+    signs: str  # init: a kept weight becomes w·sign(its θ0 value) | none: w itself (WANN)
+
+    def check(self):
+        _one_of("weight_agnostic.signs", self.signs, ("init", "none"))
+        for index, value in enumerate(self.values):
+            if value == 0:
+                raise ParamsError(f"weight_agnostic.values[{index}] = 0: a shared weight of 0 removes every connection")
+        if len(set(self.values)) != len(self.values):
+            raise ParamsError(f"weight_agnostic.values = {self.values}: names a value twice")
+
+
+@dataclass(frozen=True)
 class CompactHparams(Section):
     latency_repeats: int  # timed forward passes per latency figure (their median is reported)
 
@@ -264,13 +301,15 @@ SECTIONS = {
     "rewind": RewindHparams,
     "controls": ControlsHparams,
     "early_bird": EarlyBirdHparams,
+    "supermask": SupermaskHparams,
+    "weight_agnostic": WeightAgnosticHparams,
     "compact": CompactHparams,
     "tracking": TrackingHparams,
     "report": ReportHparams,
 }
 # Sections that do not change what the lineage's tickets are: they stay out of its identity, so
 # adding rounds or controls extends a lineage rather than starting a new one.
-NOT_LINEAGE = ("tracking", "report", "rounds", "controls", "compact")
+NOT_LINEAGE = ("tracking", "report", "rounds", "controls", "compact", "supermask", "weight_agnostic")
 IDENTITY_SECTIONS = tuple(name for name in SECTIONS if name not in NOT_LINEAGE)
 
 
@@ -284,6 +323,8 @@ class Hparams:
     rewind: RewindHparams
     controls: ControlsHparams
     early_bird: EarlyBirdHparams
+    supermask: SupermaskHparams
+    weight_agnostic: WeightAgnosticHparams
     compact: CompactHparams
     rounds: int  # pruning rounds after the dense round 0
     tracking: TrackingHparams
@@ -317,6 +358,8 @@ class Hparams:
             self._check_early_bird()
         if self.prune.granularity == "channel":
             self._check_channels()
+        if self.searches_supermasks():
+            self._check_supermask()
 
     def _check_early_bird(self):
         # prune@1 must draw the very mask the search drew: Network Slimming's, at the same ratio.
@@ -347,6 +390,35 @@ class Hparams:
         except ValueError as err:
             raise ParamsError(str(err)) from None
 
+    def searches_supermasks(self):
+        """Whether prune@r trains scores on frozen weights (edge-popup) rather than scoring trained ones."""
+        from lottery import pruning
+
+        return pruning.learns_scores(self.prune.strategy)
+
+    def _check_supermask(self):
+        from torch import nn
+
+        from lottery import data, models
+
+        # The search scores the weights the round will start from, and none of them is trained.
+        if self.rewind.target != "init":
+            raise ParamsError(
+                f"rewind.target = {self.rewind.target!r}: prune.strategy {self.prune.strategy!r} searches a mask "
+                "for the rewind point's weights, so it needs 'init'"
+            )
+        if self.prune.scope != "layerwise":
+            raise ParamsError(f"prune.scope = {self.prune.scope!r}: {self.prune.strategy} keeps each layer's top scores (use 'layerwise')")
+        spec = data.DATASETS[self.data.dataset]
+        model = models.build(self.model.name, spec.input_shape, spec.num_classes, seed=0, width=self.model.width)
+        if any(isinstance(module, nn.BatchNorm2d) for module in model.modules()):
+            raise ParamsError(
+                f"model.name = {self.model.name!r}: has BatchNorm, whose statistics a supermask of frozen weights "
+                "has no stage to keep; use lenet_300_100 or conv2/conv4/conv6"
+            )
+        if self.supermask.weight_agnostic and not self.weight_agnostic.values:
+            raise ParamsError("supermask.weight_agnostic = true: draws its shared weights from weight_agnostic.values, which is []")
+
     def branches(self):
         """(round, control) of every branch the params ask for: the ticket's rounds 0..N (control
         None), then each control at rounds 1..N."""
@@ -355,8 +427,15 @@ class Hparams:
 
     def identity(self):
         """The params that determine the results, typed: the seed and each section's identity; the
-        sections in NOT_LINEAGE (and keys a section drops) do not change what is computed."""
-        return {"seed": self.seed, **{name: getattr(self, name).identity() for name in IDENTITY_SECTIONS}}
+        sections in NOT_LINEAGE (and keys a section drops) do not change what is computed, except
+        that a supermask search's settings (and the shared weights a weight-agnostic search draws)
+        shape its masks."""
+        tree = {"seed": self.seed, **{name: getattr(self, name).identity() for name in IDENTITY_SECTIONS}}
+        if self.searches_supermasks():
+            tree["supermask"] = self.supermask.identity()
+            if self.supermask.weight_agnostic:
+                tree["supermask"]["shared_weights"] = self.weight_agnostic.identity()
+        return tree
 
     @property
     def params_hash(self):

@@ -16,7 +16,15 @@ from lottery import deps, hparams, masks, paths, records, tracking
 from lottery.errors import UserError
 from lottery.io import load_torch, read_json
 
-ROUND_METRICS = ("weights_remaining", "test_accuracy_at_early_stop", "early_stop_iteration", "final_test_accuracy")
+ROUND_METRICS = (
+    "weights_remaining",
+    "test_accuracy_at_early_stop",
+    "early_stop_iteration",
+    "final_test_accuracy",
+    # Absent (None) in lineages without a weight-agnostic evaluation.
+    "weight_agnostic_mean_accuracy",
+    "weight_agnostic_best_accuracy",
+)
 KEY_PARAMS = ("model.name", "data.dataset", "prune.strategy", "prune.rate", "rewind.iteration", "seed")
 
 
@@ -236,8 +244,11 @@ def compare(lineage, root, hp):
         fresh = read_json(root / paths.round_metrics(round_))
         for key in ROUND_METRICS:
             expected = recorded.data.metrics.get(key) if recorded else None
-            checks.append({"round": round_, "what": key, "recorded": expected, "reproduced": fresh[key],
-                           "match": expected is not None and abs(expected - fresh[key]) <= 1e-9})
+            reproduced = fresh.get(key)
+            if expected is None and reproduced is None:
+                continue  # a metric this lineage does not measure
+            match = expected is not None and reproduced is not None and abs(expected - reproduced) <= 1e-9
+            checks.append({"round": round_, "what": key, "recorded": expected, "reproduced": reproduced, "match": match})
         model_mask = load_torch(root / paths.mask(round_))
         expected = recorded.data.tags.get(records.MASK_DIGEST_TAG) if recorded else None
         digest = masks.digest(model_mask)

@@ -10,10 +10,17 @@ from lottery.io import atomic_path, csv_text
 
 TICKET = "ticket"
 COMPARED = ("test_accuracy_at_early_stop", "early_stop_iteration", "final_test_accuracy")
+# Compared too where the lineage measured them (params weight_agnostic.values).
+WEIGHT_AGNOSTIC = ("weight_agnostic_mean_accuracy", "weight_agnostic_best_accuracy")
 
 
 def stats(values):
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def compared(metrics):
+    """The metrics the round table compares, given one branch's metrics dict."""
+    return COMPARED + (WEIGHT_AGNOSTIC if WEIGHT_AGNOSTIC[0] in metrics else ())
 
 
 def summarize(measurements, tolerance):
@@ -23,13 +30,14 @@ def summarize(measurements, tolerance):
     early-stop iteration at most the dense net's.
     """
     ticket = measurements[TICKET]
-    dense = {metric: stats([m[metric] for m in ticket[0]]) for metric in COMPARED}
+    metrics = compared(ticket[0][0])
+    dense = {metric: stats([m[metric] for m in ticket[0]]) for metric in metrics}
     rows = []
     for round_ in sorted(ticket):
         row = {"round": round_, "weights_remaining": statistics.fmean(m["weights_remaining"] for m in ticket[round_])}
         for branch, by_round in measurements.items():
             if round_ in by_round:
-                row[branch] = {metric: stats([m[metric] for m in by_round[round_]]) for metric in COMPARED}
+                row[branch] = {metric: stats([m[metric] for m in by_round[round_]]) for metric in metrics}
         if round_ > 0:
             row["winning_ticket"] = (
                 row[TICKET]["test_accuracy_at_early_stop"]["mean"] >= dense["test_accuracy_at_early_stop"]["mean"]
@@ -64,7 +72,7 @@ def rounds_csv(summary):
     """One row per round: weights remaining, then each branch's mean/min/max of each compared metric."""
     columns = ["round", "weights_remaining", "percent_remaining"]
     for branch in branches(summary):
-        columns += [f"{branch}_{metric}{part}" for metric in COMPARED for part in ("", "_min", "_max")]
+        columns += [f"{branch}_{metric}{part}" for metric in summary["dense"] for part in ("", "_min", "_max")]
     rows = []
     for r in summary["rounds"]:
         row = {"round": r["round"], "weights_remaining": r["weights_remaining"], "percent_remaining": 100 * r["weights_remaining"]}
@@ -123,55 +131,72 @@ def format_early_bird(saved):
 
 
 def format_table(summary):
-    """The round table as Markdown: accuracy at early stop / early-stop iteration per branch (means)."""
+    """The round table as Markdown: accuracy at early stop / early-stop iteration per branch (means),
+    then, where measured, each branch's weight-agnostic accuracy: mean over the shared weights / best."""
     names = branches(summary)
+    agnostic = WEIGHT_AGNOSTIC[0] in summary["dense"]
+    headers = [f"{b}: acc. / early stop" for b in names] + ([f"{b}: weight-agnostic mean / best" for b in names] if agnostic else [])
     lines = [
-        "| round | weights remaining | " + " | ".join(f"{b}: acc. / early stop" for b in names) + " | winning ticket |",
-        "|---:|---:|" + "---:|" * len(names) + "---|",
+        "| round | weights remaining | " + " | ".join(headers) + " | winning ticket |",
+        "|---:|---:|" + "---:|" * len(headers) + "---|",
     ]
     for r in summary["rounds"]:
-        cells = [
-            f"{100 * r[b]['test_accuracy_at_early_stop']['mean']:.2f}% / {r[b]['early_stop_iteration']['mean']:.0f}"
-            if b in r
-            else ""
-            for b in names
-        ]
+        cells = [_cell(r, b, "test_accuracy_at_early_stop", "early_stop_iteration", "{:.2f}% / {:.0f}", 100, 1) for b in names]
+        if agnostic:
+            cells += [_cell(r, b, *WEIGHT_AGNOSTIC, "{:.2f}% / {:.2f}%", 100, 100) for b in names]
         verdict = {True: "yes", False: "no"}.get(r.get("winning_ticket"), "(dense)")
         lines.append(f"| {r['round']} | {100 * r['weights_remaining']:.1f}% | " + " | ".join(cells) + f" | {verdict} |")
     return "\n".join(lines)
 
 
+def _cell(row, branch, first, second, template, first_scale, second_scale):
+    if branch not in row:
+        return ""
+    return template.format(first_scale * row[branch][first]["mean"], second_scale * row[branch][second]["mean"])
+
+
 def figure(summary, path):
     """LTH Figures 3-4 style: test accuracy at early stop and early-stop iteration vs percent of
-    weights remaining (log x), ticket vs each control, min-max error bars over seeds."""
+    weights remaining (log x), ticket vs each control, min-max error bars over seeds; where
+    measured, a third panel of the weight-agnostic accuracy (mean over the shared weights)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = [
+        ("test_accuracy_at_early_stop", 100, "test accuracy at early stop (%)"),
+        ("early_stop_iteration", 1, "early-stop iteration"),
+    ]
+    if WEIGHT_AGNOSTIC[0] in summary["dense"]:
+        panels.append((WEIGHT_AGNOSTIC[0], 100, "weight-agnostic accuracy, mean over w (%)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
     for branch in branches(summary):
         rows = [r for r in summary["rounds"] if branch in r]
         percent = [100 * r["weights_remaining"] for r in rows]
-        for axis, metric, scale in zip(axes, ("test_accuracy_at_early_stop", "early_stop_iteration"), (100, 1)):
+        for axis, (metric, scale, _) in zip(axes, panels):
             mean = [scale * r[branch][metric]["mean"] for r in rows]
             low = [m - scale * r[branch][metric]["min"] for m, r in zip(mean, rows)]
             high = [scale * r[branch][metric]["max"] - m for m, r in zip(mean, rows)]
             axis.errorbar(percent, mean, yerr=[low, high], marker="o", capsize=3, label=branch)
-    for axis, metric, scale, label in zip(
-        axes,
-        ("test_accuracy_at_early_stop", "early_stop_iteration"),
-        (100, 1),
-        ("test accuracy at early stop (%)", "early-stop iteration"),
-    ):
+    for axis, (metric, scale, label) in zip(axes, panels):
         axis.axhline(scale * summary["dense"][metric]["mean"], ls="--", c="gray", label="dense")
+        axis.set_ylabel(label)
+    save_density_figure(fig, axes, f"{summary['seeds']} seed(s); error bars: min-max over seeds", path)
+
+
+def save_density_figure(fig, axes, title, path):
+    """Give each axis a log x axis of the percent of weights remaining (dense on the left), a grid
+    and a legend; title the figure and write it to `path` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    for axis in axes:
         axis.set_xscale("log")
         axis.invert_xaxis()
         axis.set_xlabel("percent of weights remaining")
-        axis.set_ylabel(label)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
-    fig.suptitle(f"{summary['seeds']} seed(s); error bars: min-max over seeds", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

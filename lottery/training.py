@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from lottery.data import batch_order
+from lottery.devices import device_for
 from lottery.hparams import ParamsError
 
 # Examples per evaluation forward pass. The loss is summed per batch, so this size fixes how the
@@ -47,17 +49,6 @@ class TrainResult:
             "test_accuracy_at_early_stop": best["test_accuracy"],
             "validation_loss_at_early_stop": best["validation_loss"],
         }
-
-
-def device_for(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def batch_order(seed, epoch, size):
-    """The permutation of the training set for one epoch, drawn from (seed, epoch) alone."""
-    return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
 def learning_rate(train_hp, iteration):

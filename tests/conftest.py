@@ -1,3 +1,4 @@
+import contextlib
 import copy
 import fcntl
 import os
@@ -70,6 +71,20 @@ def run_stage(cwd, name, *args):
     """`python -m stages.<name> ARGS` in `cwd` with this checkout's code, as DVC runs a stage."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     return subprocess.run([sys.executable, "-m", f"stages.{name}", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def reproduced_repo(tmp_path_factory, mnist_root, name, overrides):
+    """A DVC project of the tiny params with `overrides` after a real `dvc repro`, its stages
+    logging to a SQLite MLflow store inside it."""
+    params = with_overrides(default_params(), {**TINY, **overrides, "data.source": "local", "data.local_root": str(mnist_root)})
+    repo = dvc_project(tmp_path_factory.mktemp(name), params)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
+    try:
+        sh(repo, "dvc", "repro")
+        yield repo
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
 
 
 def dvc_project(repo, params):

@@ -1,13 +1,12 @@
 """Network Slimming through the real stage graph: `dvc repro` from BatchNorm VGG to compact models."""
 
 import json
-import os
 
 import pytest
 import torch
 
 from lottery import channels, checkpoints, compression
-from tests.conftest import TINY, default_params, dvc_project, sh, with_overrides
+from tests.conftest import reproduced_repo, sh
 
 SLIMMING = {
     "model.name": "vgg11",
@@ -29,14 +28,8 @@ SLIMMING = {
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, mnist_root):
-    params = with_overrides(
-        default_params(), {**TINY, **SLIMMING, "data.source": "local", "data.local_root": str(mnist_root)}
-    )
-    repo = dvc_project(tmp_path_factory.mktemp("slimming"), params)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
-    sh(repo, "dvc", "repro")
-    yield repo
-    del os.environ["MLFLOW_TRACKING_URI"]
+    with reproduced_repo(tmp_path_factory, mnist_root, "slimming", SLIMMING) as repo:
+        yield repo
 
 
 def test_each_round_ships_a_compact_model_equal_to_its_masked_ticket(repo):

@@ -218,8 +218,8 @@ def test_params_refuse_what_a_model_or_strategy_cannot_do():
         hp_with(**{"prune.strategy": "l1_filter"})
     with pytest.raises(hparams.ParamsError, match="has no BatchNorm2d layer"):
         hp_with(**{"prune.strategy": "bn_slimming", "prune.granularity": "channel"})  # LeNet
-    with pytest.raises(hparams.ParamsError, match="model.width = 0.5: lenet_300_100 has fixed widths"):
-        hp_with(**{"model.width": 0.5})
+    with pytest.raises(hparams.ParamsError, match="model.width = 0.5: conv2 has fixed widths"):
+        hp_with(**{"model.name": "conv2", "model.width": 0.5})
     with pytest.raises(hparams.ParamsError, match="rewind.iteration = 100: only rewind.target 'init'"):
         hp_with(**{"rewind.target": "finetune", "rewind.iteration": 100})
 

@@ -8,8 +8,8 @@ REGISTRY = Registry()
 register = REGISTRY.register
 
 
-def build(name, input_shape, num_classes, seed, width=1.0):
-    """The named model with its initial weights θ0 drawn from `seed` alone."""
+def build(name, input_shape, num_classes, seed, width=1.0, init="glorot"):
+    """The named model with its initial weights θ0 drawn from `seed` alone by `init` (base.INITS)."""
     if name not in REGISTRY:
         raise KeyError(f"model.name = {name!r}: unknown (expected one of {sorted(REGISTRY)})")
     cls = REGISTRY[name]
@@ -18,7 +18,7 @@ def build(name, input_shape, num_classes, seed, width=1.0):
     model = cls(tuple(input_shape), num_classes, width=width) if cls.scalable else cls(tuple(input_shape), num_classes)
     # Tracing the channel graph and counting FLOPs need an example input of the right shape.
     model.input_shape = tuple(input_shape)
-    model.reset_parameters(torch.Generator().manual_seed(seed))
+    model.reset_parameters(torch.Generator().manual_seed(seed), init)
     return model
 
 

@@ -1,7 +1,17 @@
-"""What every model offers the pruning code: which weights are prunable and of what kind."""
+"""What every model offers the pruning code: which weights are prunable and of what kind, and
+how its initial weights θ0 are drawn (params `model.init`)."""
 
 import torch
 from torch import nn
+
+# The weight inits a model can be built with. Biases start at zero and BatchNorm at γ = 1, β = 0
+# in every one of them.
+INITS = ("glorot", "kaiming_normal", "signed_kaiming_constant")
+
+
+def scaled(size, width):
+    """A layer's channels or units at `width`, never below one."""
+    return max(1, round(size * width))
 
 
 class PrunableModel(nn.Module):
@@ -24,14 +34,19 @@ class PrunableModel(nn.Module):
         kinds[last_fc] = "output"
         return kinds
 
-    def reset_parameters(self, generator):
-        """Gaussian Glorot weights and zero biases, as in the LTH paper, drawn from `generator`."""
+    def reset_parameters(self, generator, init="glorot"):
+        """Weights drawn from `generator`, zero biases. `init`: glorot, Gaussian with variance
+        2 / (fan_in + fan_out) (the LTH paper's); kaiming_normal, Gaussian with variance 2 / fan_in
+        (He et al.); signed_kaiming_constant, every weight ±√(2 / fan_in) with the sign of a
+        kaiming_normal draw (Ramanujan et al.'s supermask init)."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(module.weight)
-                std = (2.0 / (fan_in + fan_out)) ** 0.5
+                variance = 2.0 / (fan_in + fan_out) if init == "glorot" else 2.0 / fan_in
                 with torch.no_grad():
-                    module.weight.normal_(0.0, std, generator=generator)
+                    module.weight.normal_(0.0, variance**0.5, generator=generator)
+                    if init == "signed_kaiming_constant":
+                        module.weight.copy_(module.weight.sign() * variance**0.5)
                     if module.bias is not None:
                         module.bias.zero_()
             elif isinstance(module, nn.BatchNorm2d):

@@ -4,8 +4,7 @@ import torch
 from torch import nn
 
 from lottery.models import register
-from lottery.models.base import PooledConvNet
-from lottery.models.vgg import scaled
+from lottery.models.base import PooledConvNet, scaled
 
 
 class BasicBlock(nn.Module):

@@ -7,7 +7,7 @@ every layer's channels, so a narrow VGG fits a CPU benchmark.
 from torch import nn
 
 from lottery.models import register
-from lottery.models.base import PooledConvNet
+from lottery.models.base import PooledConvNet, scaled
 
 # Output channels of each 3x3 conv layer; "M" is a 2x2 max-pooling.
 PLANS = {
@@ -15,11 +15,6 @@ PLANS = {
     16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512),
     19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512),
 }
-
-
-def scaled(channels, width):
-    """A layer's channels at `width`, never below one."""
-    return max(1, round(channels * width))
 
 
 class VGG(PooledConvNet):

@@ -3,7 +3,14 @@
 Adding a strategy is one module with a `@register("name")` class that names its `granularities`
 ('weight', 'channel') and has, for each, `weight_scores(model, mask, generator) -> {param name:
 scores}` or `channel_scores(model, channel_groups, generator) -> {group name: scores[size]}`.
+
+A strategy that learns its scores from data rather than reading them off the trained weights
+(edge_popup) sets `learns_scores = True` and has `search(inputs, mask, drop, generator) -> mask`:
+`inputs` is the `SearchInputs` the prune step gathers, `drop` how many of each layer's kept
+weights go, and the returned mask keeps exactly the others.
 """
+
+from dataclasses import dataclass
 
 import torch
 
@@ -19,6 +26,20 @@ class PruningError(UserError, ValueError):
     """A pruning step the model cannot take, such as one that leaves a layer too few channels."""
 
 
+@dataclass(frozen=True)
+class SearchInputs:
+    """What a strategy that learns its scores reads: the weights the round will start from (which
+    the search freezes), the data splits, and the lineage's params."""
+
+    weights: object
+    splits: object
+    hp: object
+
+
+def learns_scores(strategy):
+    return getattr(REGISTRY[strategy], "learns_scores", False)
+
+
 def layer_rates(model, prune_hp):
     """Per prunable weight (granularity weight) or channel group (channel), the fraction of its
     remaining weights or channels one round removes. Channel groups all take `prune.rate`."""
@@ -30,11 +51,15 @@ def layer_rates(model, prune_hp):
     return {name: by_kind[kind] for name, kind in model.prunable_kinds().items()}
 
 
-def prune(prune_hp, model, mask, seed, rounds=1):
+def prune(prune_hp, model, mask, seed, rounds=1, search_inputs=None):
     """The new mask after `rounds` rounds' worth of pruning in one step (1 for iterative pruning;
-    r for a one-shot ticket at round r's sparsity). Pruned weights and channels stay pruned."""
+    r for a one-shot ticket at round r's sparsity). Pruned weights and channels stay pruned.
+    `search_inputs`: what a strategy that learns its scores needs (SearchInputs)."""
     strategy = REGISTRY[prune_hp.strategy]
     generator = torch.Generator().manual_seed(seed)
+    if learns_scores(prune_hp.strategy):
+        drop = drop_counts(mask, layer_rates(model, prune_hp), rounds)
+        return strategy.search(search_inputs, mask, drop, generator)
     if prune_hp.granularity == "weight":
         scores = strategy.weight_scores(model, mask, generator)
         return _select(prune_hp, scores, mask, layer_rates(model, prune_hp), rounds)
@@ -80,6 +105,37 @@ def check_channel_budget(prune_hp, sizes, rounds):
             f"prune.rate = {prune_hp.rate}: round {crossed[0]} would leave {crossed[1]} of {total} channels, "
             f"fewer than prune.min_channels = {minimum} in each of {len(sizes)} layers"
         )
+
+
+def drop_counts(mask, rates, rounds):
+    """{layer: how many of its kept weights `rounds` rounds at its rate remove}, as layerwise pruning counts them."""
+    return {name: round(_compound(rates[name], rounds) * int(keep.sum())) for name, keep in mask.items()}
+
+
+def keep_top(score, keep, drop):
+    """`keep` less its `drop` lowest-scoring entries: the mask `_drop` gives (layerwise pruning's),
+    found without sorting. Everything above the drop-th lowest score stays; of the entries tied
+    at that score, the stable sort would drop the earliest, so the latest ones stay."""
+    if drop == 0:
+        return keep.clone()
+    flat_score, flat_keep = score.flatten(), keep.flatten()
+    kept = int(flat_keep.sum())
+    candidates = flat_score if kept == flat_score.numel() else flat_score[flat_keep]
+    threshold = _kth_smallest(candidates, drop)
+    new = flat_keep & (flat_score > threshold)
+    missing = kept - drop - int(new.sum())
+    if missing:
+        tied = torch.nonzero(flat_keep & (flat_score == threshold)).flatten()
+        new[tied[len(tied) - missing :]] = True
+    return new.view_as(keep)
+
+
+def _kth_smallest(values, k):
+    # Measured on an H100 for 940,800 scores: kthvalue 4.5 ms, a full sort 0.11 ms; on the CPU
+    # here the other way round (kthvalue 4.5 ms, sort 30 ms for 235,200).
+    if values.is_cuda:
+        return torch.sort(values).values[k - 1]
+    return torch.kthvalue(values, k).values
 
 
 def _round_below(size, rate, rounds, floor):
@@ -140,4 +196,4 @@ def _drop(score, keep, count):
 
 
 # Each module registers its strategy on import (plain imports, so lottery.deps sees them).
-from lottery.pruning import bn_slimming, l1_filter, magnitude, random  # noqa: E402, F401
+from lottery.pruning import bn_slimming, edge_popup, l1_filter, magnitude, random  # noqa: E402, F401

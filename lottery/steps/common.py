@@ -14,7 +14,9 @@ def test_split(hp):
 
 def model_spec(hp, compact_of=None):
     spec = data.DATASETS[hp.data.dataset]
-    return checkpoints.model_spec(hp.model.name, spec.input_shape, spec.num_classes, hp.model.width, compact_of)
+    return checkpoints.model_spec(
+        hp.model.name, spec.input_shape, spec.num_classes, hp.model.width, hp.model.init, compact_of=compact_of
+    )
 
 
 def save_weights(path, model, hp, round_, iteration, parents, spec=None, sparse_mask=None):

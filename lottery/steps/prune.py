@@ -2,7 +2,7 @@
 
 from lottery import checkpoints, early_bird, masks, paths, pruning, records, tracking
 from lottery.io import read_json, write_json
-from lottery.steps.common import pruned_from
+from lottery.steps.common import pruned_from, splits
 
 
 def prune(hp, round_):
@@ -12,7 +12,9 @@ def prune(hp, round_):
     source = pruned_from(hp, round_)
     trained, _ = checkpoints.load_model(paths.trained_weights(source))
     previous = masks.load(paths.mask(source), trained)
-    mask = pruning.prune(hp.prune, trained, previous, seed=hp.seed + round_, rounds=round_ - source)
+    mask = pruning.prune(
+        hp.prune, trained, previous, seed=hp.seed + round_, rounds=round_ - source, search_inputs=_search_inputs(hp)
+    )
     if hp.early_bird.enabled and source == 0:
         _check_early_bird_mask(trained, mask)
     sparsity = masks.sparsity_report(mask, trained.prunable_kinds())
@@ -28,6 +30,15 @@ def prune(hp, round_):
     masks.save(mask, paths.mask(round_))
     write_json(paths.sparsity_report(round_), sparsity)
     tracking.publish(hp, records.pruned(hp, round_))
+
+
+def _search_inputs(hp):
+    """A supermask search's inputs: the rewind point it searches on, and the data (None for
+    strategies that score the trained weights)."""
+    if not hp.searches_supermasks():
+        return None
+    weights, _ = checkpoints.load_model(paths.rewind_point())
+    return pruning.SearchInputs(weights=weights, splits=splits(hp), hp=hp)
 
 
 def _check_early_bird_mask(model, mask):

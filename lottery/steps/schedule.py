@@ -8,9 +8,13 @@ from lottery import compression
 def retrain_schedule(hp, model, mask):
     """(train hparams, first iteration) of a round's retraining. init replays the dense run's
     schedule from k; finetune trains at its own constant rate; scratch trains the dense run's
-    schedule from 0, stretched for Scratch-B by dense / pruned FLOPs (at most max_budget_factor)."""
+    schedule from 0, stretched for Scratch-B by dense / pruned FLOPs (at most max_budget_factor).
+    A supermask is the rewind point's weights under the searched mask: its schedule ends where
+    it starts, so the branch is only evaluated."""
     # The sparsity term shapes the dense run that the mask is drawn from, not the retraining.
     dense_schedule = dataclasses.replace(hp.train, bn_l1=0.0)
+    if hp.searches_supermasks():
+        return dataclasses.replace(dense_schedule, iterations=hp.rewind.iteration, milestones=[]), hp.rewind.iteration
     if hp.rewind.target == "init":
         return dense_schedule, hp.rewind.iteration
     if hp.rewind.target == "finetune":
