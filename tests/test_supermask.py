@@ -238,3 +238,20 @@ def test_a_supermask_lineage_logs_the_weight_agnostic_accuracies_to_mlflow(super
     found = lineage.Store(mlflow.get_tracking_uri(), supermask_lineage.tracking.experiment).find(parent)
     shown = {row["round"]: row for row in lineage.round_table(found)}
     assert shown[2]["weight_agnostic_best_accuracy"] == metrics["weight_agnostic_best_accuracy"]
+
+
+def test_batchnorm_takes_no_part_in_a_shared_weight_network_it_normalises_each_batch():
+    model = models.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125)
+    with torch.no_grad():  # trained-looking scales, shifts and statistics, which must not count
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.fill_(3.0), module.bias.fill_(-1.0), module.running_mean.fill_(5.0)
+    factors = weight_agnostic.signs(model, masks.ones(model), "init")
+    shared = weight_agnostic.shared_weight_model(model, factors, 1.0)
+    norms = [module for module in shared.modules() if isinstance(module, nn.BatchNorm2d)]
+    assert norms and all(bool((m.weight == 1).all()) and not m.bias.any() and m.running_mean is None for m in norms)
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    evaluated = shared.eval()(x)
+    assert torch.allclose(evaluated, shared.train()(x))  # the batch's own statistics, in eval mode too
+    doubled = weight_agnostic.shared_weight_model(model, factors, 2.0).eval()(x)
+    assert torch.equal(evaluated.argmax(1), doubled.argmax(1))
