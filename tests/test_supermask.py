@@ -67,6 +67,20 @@ def test_keep_top_keeps_exactly_the_layerwise_count_of_the_highest_scores(ties):
     assert torch.equal(kept, pruning._prune_lowest(score, keep, 0.2))
 
 
+@pytest.mark.parametrize("order", ["random", "ties", "ascending", "descending"])
+def test_kth_smallest_is_torch_kthvalue(order):
+    generator = torch.Generator().manual_seed(1)
+    values = torch.rand(100_000, generator=generator)
+    values = {
+        "random": values,
+        "ties": (values * 7).floor(),
+        "ascending": values.sort().values,
+        "descending": values.sort(descending=True).values,
+    }[order]
+    for k in (1, 777, 33_333, 50_000, 99_999, 100_000):
+        assert pruning.kth_smallest(values, k) == torch.kthvalue(values, k).values, k
+
+
 def test_drop_counts_follow_the_layer_rates_compounded_over_rounds(make_hp):
     hp = make_hp(**{"prune.strategy": "edge_popup"})
     model = lenet()

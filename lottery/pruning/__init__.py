@@ -10,6 +10,7 @@ A strategy that learns its scores from data rather than reading them off the tra
 weights go, and the returned mask keeps exactly the others.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -121,7 +122,7 @@ def keep_top(score, keep, drop):
     flat_score, flat_keep = score.flatten(), keep.flatten()
     kept = int(flat_keep.sum())
     candidates = flat_score if kept == flat_score.numel() else flat_score[flat_keep]
-    threshold = _kth_smallest(candidates, drop)
+    threshold = kth_smallest(candidates, drop)
     new = flat_keep & (flat_score > threshold)
     missing = kept - drop - int(new.sum())
     if missing:
@@ -130,11 +131,26 @@ def keep_top(score, keep, drop):
     return new.view_as(keep)
 
 
-def _kth_smallest(values, k):
-    # Measured on an H100 for 940,800 scores: kthvalue 4.5 ms, a full sort 0.11 ms; on the CPU
-    # here the other way round (kthvalue 4.5 ms, sort 30 ms for 235,200).
+def kth_smallest(values, k, stride=16):
+    """torch.kthvalue(values, k).values of a 1-d tensor, faster where a supermask search needs it
+    at every step. On CUDA a full sort (for 940,800 scores on an H100: 0.11 ms against kthvalue's
+    4.5 ms). On the CPU kthvalue beats a sort (4.6 ms against 30 ms for 235,200 here), and runs on
+    less: a strided sample brackets the k-th value, and only the values inside the bracket are
+    searched (2.1 ms; 9.3 against 16.7 ms for 940,800)."""
     if values.is_cuda:
         return torch.sort(values).values[k - 1]
+    sample = values[::stride]
+    if sample.numel() < 1024:
+        return torch.kthvalue(values, k).values
+    # ±4 standard deviations of the sample quantile's rank: the bracket rarely misses the k-th
+    # value, and when it does the whole tensor is searched, so the answer is exact either way.
+    position, margin = k / values.numel() * sample.numel(), 4 * math.sqrt(sample.numel()) + 1
+    low = torch.kthvalue(sample, max(1, math.floor(position - margin))).values
+    high = torch.kthvalue(sample, min(sample.numel(), math.ceil(position + margin))).values
+    below = int((values < low).sum())
+    inside = values[(values >= low) & (values <= high)]
+    if below < k <= below + inside.numel():
+        return torch.kthvalue(inside, k - below).values
     return torch.kthvalue(values, k).values
 
 
