@@ -8,6 +8,7 @@ a stage here).
 
 import functools
 import gzip
+import itertools
 import hashlib
 import os
 import shutil
@@ -178,6 +179,18 @@ def verify(spec, root):
 def batch_order(seed, epoch, size):
     """The permutation of the training set for one epoch, drawn from (seed, epoch) alone."""
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def batches(seed, size, batch_size, start, device):
+    """The training-set indices of iterations start, start + 1, ...: epoch e's batches are its
+    order (`batch_order`) cut into `batch_size` pieces, a ragged last piece left out, so a run
+    resumed at iteration k sees the batches a run from 0 saw from k on."""
+    per_epoch, order = size // batch_size, None
+    for iteration in itertools.count(start):
+        epoch, position = divmod(iteration, per_epoch)
+        if order is None or position == 0:
+            order = batch_order(seed, epoch, size).to(device)
+        yield order[position * batch_size : (position + 1) * batch_size]
 
 
 def load(data_hp, root):

@@ -397,9 +397,8 @@ class Hparams:
         return pruning.learns_scores(self.prune.strategy)
 
     def _check_supermask(self):
-        from torch import nn
-
         from lottery import data, models
+        from lottery.models.base import batchnorm_scales
 
         # The search scores the weights the round will start from, and none of them is trained.
         if self.rewind.target != "init":
@@ -411,7 +410,7 @@ class Hparams:
             raise ParamsError(f"prune.scope = {self.prune.scope!r}: {self.prune.strategy} keeps each layer's top scores (use 'layerwise')")
         spec = data.DATASETS[self.data.dataset]
         model = models.build(self.model.name, spec.input_shape, spec.num_classes, seed=0, width=self.model.width)
-        if any(isinstance(module, nn.BatchNorm2d) for module in model.modules()):
+        if batchnorm_scales(model):
             raise ParamsError(
                 f"model.name = {self.model.name!r}: has BatchNorm, whose statistics a supermask of frozen weights "
                 "has no stage to keep; use lenet_300_100 or conv2/conv4/conv6"

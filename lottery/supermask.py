@@ -45,14 +45,9 @@ def search(model, mask, drop, splits, supermask_hp, batch_size, seed, generator,
         scores.values(), lr=supermask_hp.lr, momentum=supermask_hp.momentum, weight_decay=supermask_hp.weight_decay
     )
     train = splits.train.to(device)
-    per_epoch = len(train) // batch_size
     base, biases = _base_weights(frozen, candidates, shared)
-    order = None
-    for iteration in range(supermask_hp.iterations):
-        epoch, position = divmod(iteration, per_epoch)
-        if order is None or position == 0:
-            order = data.batch_order(seed, epoch, len(train)).to(device)
-        index = order[position * batch_size : (position + 1) * batch_size]
+    indices = data.batches(seed, len(train), batch_size, 0, device)
+    for iteration, index in zip(range(supermask_hp.iterations), indices):
         for group in optimizer.param_groups:
             group["lr"] = cosine_rate(supermask_hp.lr, iteration, supermask_hp.iterations)
         value = shared[0][int(torch.randint(len(shared[0]), (), generator=generator))] if shared else 1.0
@@ -62,20 +57,21 @@ def search(model, mask, drop, splits, supermask_hp, batch_size, seed, generator,
         loss.backward()
         optimizer.step()
     model.cpu()
-    return {name: _kept(scores[name], candidates[name], drop[name]).cpu() for name in mask}
+    return {name: _kept(scores[name].abs(), candidates[name], drop[name]).cpu() for name in mask}
 
 
-def _kept(score, candidates, drop):
-    return pruning.keep_top(score.detach().abs(), candidates, drop)
+def _kept(magnitude, candidates, drop):
+    return pruning.keep_top(magnitude.detach(), candidates, drop)
 
 
 def effective_weights(base, scores, candidates, drop, value):
+    """{layer: value · base · (its kept weights)}, differentiable in the scores (straight through)."""
     # keep + (|s| - |s|.detach()) is exactly `keep` in the forward pass and passes the gradient to
     # |s|, so a score whose weight helps grows in magnitude, whatever its sign.
     effective = {}
     for name, score in scores.items():
-        keep = _kept(score, candidates[name], drop[name]).to(score.dtype)
         magnitude = score.abs()
+        keep = _kept(magnitude, candidates[name], drop[name]).to(score.dtype)
         effective[name] = value * base[name] * (keep + (magnitude - magnitude.detach()))
     return effective
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
-from lottery.data import batch_order
+from lottery.data import batches
 from lottery.devices import device_for
 from lottery.hparams import ParamsError
+from lottery.models.base import batchnorm_scales
 
 # Examples per evaluation forward pass. The loss is summed per batch, so this size fixes how the
 # float sums round: changing it changes the metrics' last bits.
@@ -65,11 +65,6 @@ def make_optimizer(train_hp, params):
         # exact zeros that pruned weights leave in Adam's second moment.
         return torch.optim.Adam(params, lr=train_hp.lr, fused=True)
     return torch.optim.SGD(params, lr=train_hp.lr, momentum=train_hp.momentum)
-
-
-def batchnorm_scales(model):
-    """The γ of every BatchNorm layer."""
-    return [module.weight for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
 
 
 @torch.no_grad()
@@ -132,7 +127,8 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
     per_epoch = iterations_per_epoch(train_hp, splits)
     if per_epoch == 0:
         raise ParamsError(f"train.batch_size = {batch}: larger than the training set ({size} examples)")
-    curve, snapshot, order = [], None, None
+    curve, snapshot = [], None
+    indices = batches(seed, size, batch, start_iteration, device)
     scheduled = bool(train_hp.warmup_iterations or train_hp.milestones)
     early_stop = None  # the point TrainResult.early_stop would pick from the curve so far
 
@@ -156,10 +152,7 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
                 record(iteration)
             if iteration == snapshot_at:
                 snapshot = copy.deepcopy(model.state_dict())
-            epoch, position = divmod(iteration, per_epoch)
-            if order is None or position == 0:
-                order = batch_order(seed, epoch, size).to(device)
-            index = order[position * batch : (position + 1) * batch]
+            index = next(indices)
             if scheduled:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(train_hp, iteration)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lottery import channels, checkpoints, compression, hparams, masks, models, pipeline, pruning, training
+from lottery.models import base
 from tests.conftest import default_params, with_overrides
 
 VGG = dict(name="vgg11", input_shape=(1, 28, 28), num_classes=10, seed=0, width=0.25)
@@ -233,7 +234,7 @@ def test_bn_l1_added_to_the_gradient_is_bit_for_bit_the_gradient_of_the_loss_ter
     gradients = {}
     for form in ("none", "loss", "gradient"):
         model = trained_like(VGG).train()
-        scales = training.batchnorm_scales(model)
+        scales = base.batchnorm_scales(model)
         with torch.no_grad():
             scales[0][:3] = 0  # channels pruned away: sign(0) = 0, no pull either way
         loss = torch.nn.functional.cross_entropy(model(images), labels)

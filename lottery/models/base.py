@@ -14,6 +14,11 @@ def scaled(size, width):
     return max(1, round(size * width))
 
 
+def batchnorm_scales(model):
+    """The γ of every BatchNorm layer."""
+    return [module.weight for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
+
+
 class PrunableModel(nn.Module):
     """A classifier whose Linear and Conv2d weights are prunable; biases and BN never are."""
 
