@@ -4,16 +4,26 @@ VENV ?= .venv
 PYTHON := $(abspath $(VENV))/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: repro test venv rounds replicates bench clean
+.PHONY: repro test venv plots-template rounds replicates bench clean
 
-repro: $(VENV)/.installed
+# The page `dvc plots show` fills (.dvc/config plots.html_template), with vega, vega-lite and vega-embed
+# inlined from pinned npm packages, so plots render without internet; DVC's own page needs a CDN.
+PLOTS_TEMPLATE := .dvc/plots_offline.html
+
+repro: $(VENV)/.installed $(PLOTS_TEMPLATE)
 	dvc repro
 
 # One worker per core; a test file stays on one worker, so a module's DVC repository is built once.
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(PLOTS_TEMPLATE)
 	$(PYTHON) -m pytest -q -n logical --dist loadfile
 
 venv: $(VENV)/.installed
+
+plots-template: $(PLOTS_TEMPLATE)
+
+# Standard library only: it needs no venv.
+$(PLOTS_TEMPLATE): tools/plots_template.py
+	python3 tools/plots_template.py $@
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,11 +35,22 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 rounds: $(VENV)/.installed
 	$(PYTHON) -m lottery rounds $(N)
 
-# Replicates: one DVC experiment per seed, then the aggregate over seeds: `make replicates SEEDS="0 1 2"`.
+# Replicates: one DVC experiment per seed, then the aggregate over those seeds: `make replicates SEEDS="0 1 2"`.
+# WORKERS=N queues the experiments and runs the queue N at a time, each in a temporary copy of the project
+# that logs to this project's MLflow store; `--run-all` exits 0 when one fails, so the aggregate checks
+# that every seed has its lineage. The workers share the cores: each stage gets cores / N torch threads
+# unless OMP_NUM_THREADS is set (torch's default, a thread per core in every stage, oversubscribes them).
 SEEDS ?= 0 1
+WORKERS ?=
 replicates: $(VENV)/.installed
+ifeq ($(WORKERS),)
 	for seed in $(SEEDS); do dvc exp run -S seed=$$seed || exit 1; done
-	$(PYTHON) -m lottery replicates
+else
+	for seed in $(SEEDS); do dvc exp run --queue -S seed=$$seed || exit 1; done
+	threads=$$(( $$(nproc) / $(WORKERS) )); \
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( threads > 0 ? threads : 1 ))} dvc exp run --run-all --jobs $(WORKERS)
+endif
+	$(PYTHON) -m lottery replicates --seeds $(SEEDS)
 
 bench: $(VENV)/.installed
 	$(PYTHON) bench/train_speed.py

@@ -74,11 +74,12 @@ def expand(model, channel_groups, keep):
     """The weight mask for channel keep-vectors {group name: bool[size]}: every prunable weight, and
     every bias and BatchNorm parameter of a group, with each pruned channel's slices False."""
     params = dict(model.named_parameters())
-    mask = {name: torch.ones_like(params[name], dtype=torch.bool) for name in model.prunable_kinds()}
+    # On the CPU, as every mask is, whatever device the model is on.
+    mask = {name: torch.ones(params[name].shape, dtype=torch.bool) for name in model.prunable_kinds()}
     for group in channel_groups:
         pruned = (~keep[group.name]).nonzero().flatten().tolist()
         for member in group.members:
-            entry = mask.setdefault(member.param, torch.ones_like(params[member.param], dtype=torch.bool))
+            entry = mask.setdefault(member.param, torch.ones(params[member.param].shape, dtype=torch.bool))
             entry.index_fill_(member.dim, torch.tensor([member.index[j] for j in pruned], dtype=torch.long), False)
     return mask
 

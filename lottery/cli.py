@@ -1,7 +1,7 @@
 """`lottery` (or `python -m lottery`): project commands beside the DVC stages.
 
   lottery rounds N                 set the number of pruning rounds in params.yaml
-  lottery replicates               aggregate over seeds the lineages of params.yaml's params
+  lottery replicates [--seeds S..] aggregate over seeds the lineages of params.yaml's params
   lottery sync                     complete MLflow from this workspace's DVC outputs
   lottery lineage list             the lineages in the tracking store
   lottery lineage show L           one lineage's round table
@@ -94,7 +94,7 @@ def cmd_rounds(args):
 def cmd_replicates(args):
     from lottery import replicates, report
 
-    summary = replicates.summarize(hparams.load(args.params))
+    summary = replicates.summarize(hparams.load(args.params), args.seeds)
     print(report.format_table(summary))
     print(f"{summary['seeds']} seeds; {paths.replicates_summary()}, {paths.replicates_figure()}")
 
@@ -158,7 +158,9 @@ def parser():
     rounds = commands.add_parser("rounds", help="set the number of pruning rounds in params.yaml")
     rounds.add_argument("count", type=int)
     rounds.set_defaults(handler=cmd_rounds)
-    commands.add_parser("replicates", help="aggregate lineages that differ in seed alone").set_defaults(handler=cmd_replicates)
+    replicates = commands.add_parser("replicates", help="aggregate lineages that differ in seed alone")
+    replicates.add_argument("--seeds", type=int, nargs="+", help="these seeds, each of which must have a lineage (default: every seed found)")
+    replicates.set_defaults(handler=cmd_replicates)
     commands.add_parser("sync", help="complete MLflow from the DVC outputs here").set_defaults(handler=cmd_sync)
     lineage = commands.add_parser("lineage", help="list, show, diff and reproduce lineages").add_subparsers(
         dest="action", required=True

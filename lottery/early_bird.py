@@ -28,7 +28,7 @@ def draw(model, prune_hp, seed):
 
 def digest(vector):
     """sha256 of a channel keep-vector: prune@1 checks its mask against the Early-Bird's with it."""
-    return hashlib.sha256(vector.to(torch.uint8).numpy().tobytes()).hexdigest()
+    return hashlib.sha256(vector.to("cpu", torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def savings(report, retrain_iterations, dense_flops, pruned_flops, full_iterations, batch_size):

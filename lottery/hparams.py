@@ -110,6 +110,9 @@ class TrainHparams(Section):
     milestones: list[int]  # iterations at which the learning rate is multiplied by `gamma`
     gamma: float
     bn_l1: float  # λ of the λ·Σ|γ| BatchNorm sparsity term (Network Slimming); dense training only
+    precision: str  # float32 | bfloat16 (autocast of the training forward passes)
+    tf32: bool  # TF32 matmuls and convolutions on GPUs that have them
+    deterministic: bool  # deterministic cuDNN/cuBLAS kernels: a GPU run repeats bit for bit
 
     def check(self):
         _one_of("train.optimizer", self.optimizer, ("adam", "sgd"))
@@ -132,6 +135,7 @@ class TrainHparams(Section):
         if not 0 < self.gamma <= 1:
             raise ParamsError(f"train.gamma = {self.gamma!r}: must be in (0, 1]")
         _at_least("train.bn_l1", self.bn_l1, 0)
+        _one_of("train.precision", self.precision, ("float32", "bfloat16"))
         if self.device == "cuda":
             import torch
 
@@ -140,8 +144,12 @@ class TrainHparams(Section):
 
     def identity(self):
         # The device is recorded with each run's environment (lottery.provenance), not in its name.
-        # test_curve only thins out the test curve: weights, masks and metrics are the same.
-        unused = ("device", "test_curve") + (("momentum",) if self.optimizer != "sgd" else ())
+        # test_curve only thins out the test curve: weights, masks and metrics are the same, and
+        # deterministic kernels compute what the others do, only in a fixed order. float32 without
+        # TF32 is what lineages named before these keys existed computed: their names stay.
+        unused = ("device", "test_curve", "deterministic") + (("momentum",) if self.optimizer != "sgd" else ())
+        unused += ("precision",) if self.precision == "float32" else ()
+        unused += ("tf32",) if not self.tf32 else ()
         return _fields(self, drop=unused)
 
 
@@ -275,6 +283,24 @@ class CompactHparams(Section):
 
 
 @dataclass(frozen=True)
+class DistributedHparams(Section):
+    processes_per_node: int  # data-parallel training processes (ranks) per machine, through torchrun
+    nodes: int  # machines; above 1, every node runs the command the stage prints
+    rendezvous: str  # host:port of torchrun's c10d rendezvous when nodes > 1
+
+    @property
+    def world_size(self):
+        return self.processes_per_node * self.nodes
+
+    def check(self):
+        _at_least("distributed.processes_per_node", self.processes_per_node, 1)
+        _at_least("distributed.nodes", self.nodes, 1)
+        host, _, port = self.rendezvous.rpartition(":")
+        if self.nodes > 1 and not (host and port.isdigit()):
+            raise ParamsError(f"distributed.rendezvous = {self.rendezvous!r}: {self.nodes} nodes meet at a host:port")
+
+
+@dataclass(frozen=True)
 class TrackingHparams(Section):
     experiment: str  # MLflow experiment name
     uri: str  # '' = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the project root
@@ -304,12 +330,14 @@ SECTIONS = {
     "supermask": SupermaskHparams,
     "weight_agnostic": WeightAgnosticHparams,
     "compact": CompactHparams,
+    "distributed": DistributedHparams,
     "tracking": TrackingHparams,
     "report": ReportHparams,
 }
 # Sections that do not change what the lineage's tickets are: they stay out of its identity, so
 # adding rounds or controls extends a lineage rather than starting a new one.
-NOT_LINEAGE = ("tracking", "report", "rounds", "controls", "compact", "supermask", "weight_agnostic")
+# The number of processes, like the device, is recorded with each run's environment instead.
+NOT_LINEAGE = ("tracking", "report", "rounds", "controls", "compact", "supermask", "weight_agnostic", "distributed")
 IDENTITY_SECTIONS = tuple(name for name in SECTIONS if name not in NOT_LINEAGE)
 
 
@@ -326,6 +354,7 @@ class Hparams:
     supermask: SupermaskHparams
     weight_agnostic: WeightAgnosticHparams
     compact: CompactHparams
+    distributed: DistributedHparams
     rounds: int  # pruning rounds after the dense round 0
     tracking: TrackingHparams
     report: ReportHparams
@@ -354,6 +383,8 @@ class Hparams:
                 f"train.batch_size = {self.train.batch_size}: larger than the training split "
                 f"({self.data.training_examples()} examples)"
             )
+        if self.distributed.world_size > 1:
+            self._check_distributed()
         if self.early_bird.enabled:
             self._check_early_bird()
         if self.prune.granularity == "channel":
@@ -389,6 +420,32 @@ class Hparams:
             pruning.check_channel_budget(self.prune, {g.name: g.size for g in channel_groups}, self.rounds)
         except ValueError as err:
             raise ParamsError(str(err)) from None
+
+    def _check_distributed(self):
+        import torch
+
+        from lottery import data, devices, models
+        from lottery.models.base import batchnorm_scales
+
+        ranks = self.distributed.world_size
+        if self.train.batch_size % ranks:
+            raise ParamsError(
+                f"train.batch_size = {self.train.batch_size}: must be a multiple of the {ranks} data-parallel "
+                "processes (distributed.processes_per_node × distributed.nodes)"
+            )
+        on_gpus = devices.device_for(self.train.device).type == "cuda"
+        if on_gpus and self.distributed.processes_per_node > torch.cuda.device_count():
+            raise ParamsError(
+                f"distributed.processes_per_node = {self.distributed.processes_per_node}: one GPU per process, "
+                f"and torch finds {torch.cuda.device_count()} here"
+            )
+        spec = data.DATASETS[self.data.dataset]
+        model = models.build(self.model.name, spec.input_shape, spec.num_classes, seed=0, width=self.model.width)
+        if batchnorm_scales(model) and not on_gpus:
+            raise ParamsError(
+                f"distributed.processes_per_node = {self.distributed.processes_per_node}: {self.model.name} has "
+                "BatchNorm, and torch's SyncBatchNorm runs on GPUs only (train.device cuda, or 1 process)"
+            )
 
     def searches_supermasks(self):
         """Whether prune@r trains scores on frozen weights (edge-popup) rather than scoring trained ones."""

@@ -237,7 +237,7 @@ def reproduce(store, lineage, project_root, keep=False):
 
 def compare(lineage, root, hp):
     """Recorded vs re-computed: each round's metrics and mask hash; and `differences`, what else
-    differs between the two runs (code, torch, device, threads, Python) to explain a mismatch."""
+    differs between the two runs (code, torch, device, threads, processes, Python) to explain a mismatch."""
     checks = []
     for round_ in range(hp.rounds + 1):
         recorded = lineage.branches.get((round_, None))

@@ -17,9 +17,10 @@ class MaskError(UserError, ValueError):
 
 
 def ones(model):
-    """The dense mask: every prunable weight kept."""
+    """The dense mask: every prunable weight kept. Masks live on the CPU, wherever the model is
+    (pruning scores them there, and they are saved from there)."""
     params = dict(model.named_parameters())
-    return {name: torch.ones_like(params[name], dtype=torch.bool) for name in model.prunable_kinds()}
+    return {name: torch.ones(params[name].shape, dtype=torch.bool) for name in model.prunable_kinds()}
 
 
 def validate(mask, model):

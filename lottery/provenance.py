@@ -37,21 +37,29 @@ def git_state(root=deps.ROOT):
     return {"commit": commit, "dirty": bool(changes)}
 
 
-def environment(device):
+def environment(device, processes):
     """What computed a result besides code and params: versions, the device, the CPU's vector
-    instructions that torch's kernels use (AVX2 and AVX-512 round differently), CPU threads."""
+    instructions that torch's kernels use (AVX2 and AVX-512 round differently), CPU threads, and
+    the data-parallel processes that trained it."""
     import torch
 
-    name = str(device)
-    if device.type == "cuda":
-        name += f" ({torch.cuda.get_device_name(device)})"
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device": name,
+        "device": device_name(device),
+        "processes": processes,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
     }
+
+
+def device_name(device):
+    """`cpu`, or a GPU with its model: `cuda:0 (NVIDIA H100 80GB HBM3)`."""
+    import torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def dvc_experiment():

@@ -12,15 +12,18 @@ from lottery.io import write_json, write_text
 
 
 class ReplicateError(UserError, RuntimeError):
-    """A seed's lineage lacks a round or control that params ask for."""
+    """A seed's lineage is missing, or lacks a round or control that params ask for."""
 
 
-def measurements(hp):
-    """{branch: {round: [metrics per seed]}} for the rounds and controls in `hp`, seeds in order."""
+def measurements(hp, seeds=None):
+    """{branch: {round: [metrics per seed]}} for the rounds and controls in `hp`, seeds in order:
+    every seed in the store, or `seeds`, each of which must have a lineage there."""
     from lottery.lineage import Store
 
     store = Store(tracking.tracking_uri(hp.tracking), hp.tracking.experiment)
     parents = store.parents(replicate_group=provenance.replicate_group(hp))
+    if seeds is not None:
+        parents = _of_seeds(parents, seeds)
     if not parents:
         raise ReplicateError("no lineage of these params in MLflow yet: run the pipeline first")
     result = {}
@@ -35,9 +38,20 @@ def measurements(hp):
     return result
 
 
-def summarize(hp):
-    """Aggregate the replicate group over seeds into metrics/replicates.json, a CSV and a figure."""
-    summary = report.summarize(measurements(hp), hp.report.tolerance)
+def _of_seeds(parents, seeds):
+    """The parent runs of `seeds`. A seed without one is an error: its experiment failed or never
+    ran (`dvc exp run --run-all` exits with status 0 when an experiment fails)."""
+    found = {int(p.data.tags["lottery.seed"]): p for p in parents}
+    missing = sorted(set(seeds) - set(found))
+    if missing:
+        raise ReplicateError(f"seeds {missing}: no lineage of these params in MLflow (did their experiments fail?)")
+    return [found[seed] for seed in set(seeds)]
+
+
+def summarize(hp, seeds=None):
+    """Aggregate the replicate group over seeds (all, or `seeds`) into metrics/replicates.json, a
+    CSV and a figure."""
+    summary = report.summarize(measurements(hp, seeds), hp.report.tolerance)
     write_json(paths.replicates_summary(), summary)
     write_text(paths.replicates_plot_data(), report.rounds_csv(summary))
     report.figure(summary, paths.replicates_figure())

@@ -89,12 +89,12 @@ SPEEDUPS = ("flops_speedup", "measured_speedup_batch_1", "measured_speedup_batch
 
 def compression_csv(reports):
     """One row per round: dense and compact figures side by side, and the speedups."""
-    columns = ["round", "form"]
+    columns = ["round", "form", "latency_device"]
     columns += [f"{side}_{figure}" for figure in COMPRESSION_FIGURES for side in ("dense", "compact")]
     columns += list(SPEEDUPS)
     rows = []
     for r in reports:
-        row = {"round": r["round"], "form": r["form"], **{key: r[key] for key in SPEEDUPS}}
+        row = {"round": r["round"], "form": r["form"], "latency_device": r["latency_device"], **{key: r[key] for key in SPEEDUPS}}
         row.update({f"{side}_{f}": r[side][f] for f in COMPRESSION_FIGURES for side in ("dense", "compact")})
         rows.append(row)
     return csv_text(rows, columns)
@@ -103,8 +103,8 @@ def compression_csv(reports):
 def format_compression_table(reports):
     """The compression reports as Markdown: compact against dense, theoretical vs measured speedup."""
     lines = [
-        "| round | form | params | MFLOPs | bytes | latency b1 / b64 (ms) | FLOPs speedup | measured b1 / b64 |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| round | form | params | MFLOPs | bytes | latency b1 / b64 (ms) | FLOPs speedup | measured b1 / b64 | timed on |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in reports:
         dense, compact = r["dense"], r["compact"]
@@ -113,7 +113,8 @@ def format_compression_table(reports):
             f"| {compact['flops'] / 1e6:.2f} / {dense['flops'] / 1e6:.2f} | {compact['bytes']:,} / {dense['bytes']:,} "
             f"| {compact['latency_ms_batch_1']:.2f} / {compact['latency_ms_batch_64']:.2f} "
             f"(dense {dense['latency_ms_batch_1']:.2f} / {dense['latency_ms_batch_64']:.2f}) "
-            f"| {r['flops_speedup']:.2f}x | {r['measured_speedup_batch_1']:.2f}x / {r['measured_speedup_batch_64']:.2f}x |"
+            f"| {r['flops_speedup']:.2f}x | {r['measured_speedup_batch_1']:.2f}x / {r['measured_speedup_batch_64']:.2f}x "
+            f"| {r['latency_device']} |"
         )
     return "\n".join(lines)
 

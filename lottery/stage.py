@@ -10,9 +10,14 @@ from lottery import hparams, warm
 from lottery.errors import UserError
 
 
-def run(step, per_round=False, per_control=False, on_failure=None, with_params=True):
+def run(step, per_round=False, per_control=False, on_failure=None, with_params=True, data_parallel=False):
     """Parse `--params` (and `--round`, `--control`), validate them, then call
     `step(hp[, round][, control])`; `step()` alone without params (`with_params=False`).
+
+    `data_parallel`: a training stage. With params `distributed` asking for more than one
+    process, the stage runs itself again under torchrun, one process per rank
+    (lottery.distributed); each rank joins the process group and runs the step, and only rank 0
+    writes.
 
     An error the user can cause (lottery.errors.UserError) ends the stage with one line,
     `error: <message>`, and exit status 1. If the step raises, `on_failure` is called with the
@@ -24,7 +29,7 @@ def run(step, per_round=False, per_control=False, on_failure=None, with_params=T
     if per_control:
         parser.add_argument("--control", required=True, help="a control branch named in params controls.run")
     args = parser.parse_args()
-    hp = None
+    hp, status = None, 0
     try:
         if not with_params:
             return _timed(step)
@@ -38,13 +43,36 @@ def run(step, per_round=False, per_control=False, on_failure=None, with_params=T
             if args.control not in hp.controls.run:
                 raise hparams.ParamsError(f"--control = {args.control!r}: not in controls.run {hp.controls.run}")
             step_args.append(args.control)
-        _timed(step, hp, *step_args)
+        if data_parallel and hp.distributed.world_size > 1:
+            status = _data_parallel(step, hp, step_args)
+        else:
+            _timed(step, hp, *step_args)
     except BaseException as err:
         if hp is not None and on_failure is not None:
             on_failure(hp, *step_args)
         if isinstance(err, UserError):
             sys.exit(f"error: {err}")
         raise
+    if status:
+        sys.exit(status)  # torchrun's: a rank failed and has said why
+
+
+def _data_parallel(step, hp, step_args):
+    """Under torchrun: this rank's part of the step (status 0). Otherwise: torchrun started on
+    this stage, and its exit status."""
+    from lottery import devices, distributed  # torch: only the training stages import it here
+
+    if not distributed.launched():
+        run_id = "-".join([warm.main_module().rsplit(".", 1)[-1], *map(str, step_args)])
+        return distributed.launch(hp.distributed, warm.main_module(), sys.argv[1:], run_id)
+    distributed.start(devices.device_for(hp.train.device))
+    try:
+        _timed(step, hp, *step_args)
+    except distributed.FollowerDone:
+        pass
+    finally:
+        distributed.stop()
+    return 0
 
 
 def _timed(step, *step_args):

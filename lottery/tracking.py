@@ -12,8 +12,15 @@ still finishes; `lottery sync` (and the `report` stage) fill MLflow in later. An
 probed first (GET /health, at most PROBE_TIMEOUT_S), and the answer is kept for PROBE_REUSE_S in a
 small file in the temporary directory, so after an outage the following stages skip tracking at
 once instead of each waiting out MLflow's timeouts.
+
+The default store, and any SQLite store named by a relative path, is a file at the project root,
+also for the stages of an experiment that DVC runs in a temporary copy of the project
+(`dvc exp run --queue`, `--temp`): there the working directory is a folder DVC deletes afterwards.
+Several such experiments may run at once and share the store; SQLite serialises their writes.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -43,6 +50,8 @@ COMPLETE_METRIC = "test_accuracy_at_early_stop"
 PROBE_TIMEOUT_S = 3.0
 PROBE_REUSE_S = 300.0
 PROBE_DIR = Path(tempfile.gettempdir()) / "lottery-tracking-probes"
+SQLITE = "sqlite:///"
+OPENING_LOCKS = Path(tempfile.gettempdir()) / f"lottery-sqlite-opening-{os.getuid()}"
 
 # A server that stops answering mid-stage costs one timeout, not MLflow's default minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -53,7 +62,20 @@ _unreachable = {}  # uri -> why, once this process has given up on it
 
 
 def tracking_uri(tracking_hp):
-    return tracking_hp.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """params `tracking.uri`, else $MLFLOW_TRACKING_URI, else mlflow.db at the project root; a
+    relative SQLite path is taken from the project root."""
+    uri = tracking_hp.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    path = uri.removeprefix(SQLITE)
+    if uri.startswith(SQLITE) and not path.startswith("/"):
+        return f"{SQLITE}{project_root() / path}"
+    return uri
+
+
+def project_root():
+    """The DVC project's root. While DVC runs a stage, DVC_ROOT names it, and for an experiment run in
+    a temporary copy (`dvc exp run --queue`, `--temp`) it names the project the experiment was
+    queued from, not the copy; elsewhere it is the working directory."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd())
 
 
 def publish(hp, *items, fresh_probe=False):
@@ -104,12 +126,27 @@ class Store:
 
         self.hp, self.uri = hp, uri
         self.lineage = provenance.lineage_id(hp)
-        self.client = MlflowClient(uri)
-        experiment = self.client.get_experiment_by_name(hp.tracking.experiment)
-        self.experiment_id = (
-            experiment.experiment_id if experiment else self.client.create_experiment(hp.tracking.experiment)
-        )
+        with _opening(uri):
+            self.client = MlflowClient(uri)  # which opens the store
+            self.experiment_id = self._experiment_id(hp.tracking.experiment)
         self._ids = {}
+
+    def _experiment_id(self, name):
+        """The experiment's id, created if missing. Another process may create it between our
+        lookup and our creation (two queued experiments that start at once on one server): then
+        we take theirs."""
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri, name))
+        except MlflowException:
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
     def run_id(self, run, create=True):
         """The run carrying this lineage's and `run`'s tags; created if missing (unless `create` is False)."""
@@ -247,6 +284,29 @@ class Store:
         }
         source = f"{self.client.get_run(parent).info.artifact_uri}/{artifact_path}"
         return self.client.create_model_version(name, source, run_id=parent, tags=tags).version
+
+
+@contextlib.contextmanager
+def _opening(uri):
+    """Held while this process first opens a SQLite store: MLflow creates a new database's tables
+    without a lock, and of two processes doing it at once one fails half-way (measured: 5 times in
+    5 tries). Other stores need no lock here."""
+    if not uri.startswith(SQLITE):
+        yield
+        return
+    OPENING_LOCKS.mkdir(exist_ok=True)
+    with open(OPENING_LOCKS / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _artifact_location(uri, experiment):
+    """Artifacts of a SQLite store's experiment go beside the database. MLflow's default is
+    `mlruns` in the working directory of the process that creates the experiment, which for a
+    queued experiment is a temporary copy that DVC deletes. None (the server's choice) elsewhere."""
+    if not uri.startswith(SQLITE):
+        return None
+    return str(Path(uri.removeprefix(SQLITE)).parent / "mlruns" / experiment)
 
 
 def _provenance_updates(held):

@@ -1,7 +1,8 @@
 """The training loop: masked SGD/Adam over preloaded tensors, evaluated every N iterations.
 
 The data order is a function of (seed, iteration) alone, so a run resumed at iteration k
-(late rewinding) sees exactly the batches the dense run saw from k on.
+(late rewinding) sees exactly the batches the dense run saw from k on, and data-parallel ranks
+(lottery.distributed) each take a fixed slice of those same batches.
 """
 
 import copy
@@ -13,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lottery import devices, distributed
 from lottery.data import batches
-from lottery.devices import device_for
 from lottery.hparams import ParamsError
 from lottery.models.base import batchnorm_scales
 
@@ -32,6 +33,7 @@ class TrainResult:
     snapshot: dict  # state dict at `snapshot_at`, or None
     iterations: int  # where training ended: train.iterations, or earlier if `at_epoch_end` stopped it
     device: torch.device  # where it trained
+    processes: int = 1  # data-parallel ranks that trained it
 
     @property
     def early_stop(self):
@@ -83,17 +85,22 @@ def evaluate(model, split):
 
     Batches of EVAL_BATCH; each batch's loss sum is a float32, and the sums are added in order
     as Python floats. They stay on the device until the last batch is done, so the host waits
-    for the device once, not once per batch."""
+    for the device once, not once per batch. Data-parallel ranks take every world-size-th batch
+    and add their sums (in float64) over the ranks."""
     model.eval()
     losses, correct = [], []
+    stride = EVAL_BATCH * distributed.world_size()
     with torch.inference_mode():
-        for start in range(0, len(split), EVAL_BATCH):
+        for start in range(distributed.rank() * EVAL_BATCH, len(split), stride):
             logits = model(split.x[start : start + EVAL_BATCH])
             labels = split.y[start : start + EVAL_BATCH]
             losses.append(F.cross_entropy(logits, labels, reduction="sum"))
             correct.append((logits.argmax(1) == labels).sum())
-        loss = sum(torch.stack(losses).tolist(), 0.0)
-        right = int(torch.stack(correct).sum())
+        loss = sum(torch.stack(losses).tolist(), 0.0) if losses else 0.0
+        right = int(torch.stack(correct).sum()) if correct else 0
+    if distributed.active():
+        totals = distributed.sum_over_ranks(torch.tensor([loss, right], dtype=torch.float64, device=split.x.device))
+        loss, right = totals[0].item(), int(totals[1].item())
     model.train()
     return loss / len(split), right / len(split)
 
@@ -110,11 +117,16 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
     many iterations (late rewinding). `at_epoch_end(model, epoch)` runs after each full epoch
     (1, 2, ...); when it returns True, training stops there (Early-Bird).
 
+    In a process group of several ranks (lottery.distributed) every rank calls this with the
+    same arguments; each trains on its slice of every batch. The process group ends with
+    training: rank 0 returns, and a follower rank raises `distributed.FollowerDone` instead (it
+    has nothing to save).
+
     The validation split is measured every `train_hp.eval_every` iterations and at the end. The
     test split is measured at the end and, with `train_hp.test_curve` 'improvements', wherever the
     early stop can be (below); with 'every', at each evaluation.
     """
-    device = device_for(train_hp.device)
+    device = devices.prepare(train_hp)
     model.to(device).train()
     splits = type(splits)(*(split.to(device) for split in (splits.train, splits.validation, splits.test)))
     params = dict(model.named_parameters())
@@ -122,6 +134,7 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
     # faster than bool ones.
     masked = [(params[name], keep.to(device, torch.float32)) for name, keep in mask.items() if not bool(keep.all())]
     optimizer = make_optimizer(train_hp, model.parameters())
+    net = distributed.wrap(model, device) if distributed.active() else model
     scales = batchnorm_scales(model) if train_hp.bn_l1 else None
     batch, size = train_hp.batch_size, len(splits.train)
     per_epoch = iterations_per_epoch(train_hp, splits)
@@ -146,17 +159,19 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
         curve.append(point)
 
     end = train_hp.iterations
+    precision = devices.autocast(train_hp, device)
     with _progress(train_hp.iterations, start_iteration) as bar:
         for iteration in range(start_iteration, train_hp.iterations):
             if iteration % train_hp.eval_every == 0:
                 record(iteration)
             if iteration == snapshot_at:
                 snapshot = copy.deepcopy(model.state_dict())
-            index = next(indices)
+            index = distributed.shard(next(indices))
             if scheduled:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(train_hp, iteration)
-            loss = F.cross_entropy(model(splits.train.x[index]), splits.train.y[index])
+            with precision:
+                loss = F.cross_entropy(net(splits.train.x[index]), splits.train.y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if scales:
@@ -165,12 +180,19 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
                 _mask_gradients(masked)
             optimizer.step()
             bar.update(1)
-            if at_epoch_end and (iteration + 1) % per_epoch == 0 and at_epoch_end(model, (iteration + 1) // per_epoch):
-                end = iteration + 1
-                break
+            if at_epoch_end and (iteration + 1) % per_epoch == 0:
+                stop = distributed.rank0_decides(at_epoch_end(model, (iteration + 1) // per_epoch), device)
+                if stop:
+                    end = iteration + 1
+                    break
     record(end, last=True)
     model.cpu()
-    return TrainResult(curve=curve, snapshot=snapshot, iterations=end, device=device)
+    processes, follower = distributed.world_size(), distributed.is_follower()
+    # Training is the only work the ranks share: rank 0 goes on alone (evaluating, saving, logging).
+    distributed.stop()
+    if follower:
+        raise distributed.FollowerDone()
+    return TrainResult(curve=curve, snapshot=snapshot, iterations=end, device=device, processes=processes)
 
 
 @torch.no_grad()
@@ -182,5 +204,5 @@ def _mask_gradients(masked):
 
 
 def _progress(total, initial):
-    quiet = os.environ.get("CI") == "true" or not sys.stderr.isatty()
+    quiet = os.environ.get("CI") == "true" or not sys.stderr.isatty() or distributed.is_follower()
     return tqdm(total=total, initial=initial, disable=quiet, unit="it", mininterval=0.5, leave=False)

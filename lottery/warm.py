@@ -65,7 +65,10 @@ def hand_off(name, module=None):
     status. Returns (the stage then runs here) when there is no worker to take it. `module`: what
     the worker runs as `__main__` (default: the module being run, as `python -m` named it)."""
     module = module or main_module()
-    if name != "__main__" or not module or in_worker or os.environ.get("LOTTERY_WARM", "1") == "0":
+    # A rank that torchrun started stays its own process: torchrun watches it, and it must not
+    # take a worker that serves other stages (or start one of its own).
+    launched_by_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+    if name != "__main__" or not module or in_worker or launched_by_torchrun or os.environ.get("LOTTERY_WARM", "1") == "0":
         return
     path = socket_path()
     if path is None or not _private(os.path.dirname(path)):

@@ -6,4 +6,4 @@ from lottery import stage, tracking  # noqa: E402
 from lottery.steps.control import control  # noqa: E402
 
 if __name__ == "__main__":
-    stage.run(control, per_round=True, per_control=True, on_failure=tracking.branch_failed)
+    stage.run(control, per_round=True, per_control=True, on_failure=tracking.branch_failed, data_parallel=True)

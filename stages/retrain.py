@@ -6,4 +6,4 @@ from lottery import stage  # noqa: E402
 from lottery.steps.retrain import retrain  # noqa: E402
 
 if __name__ == "__main__":
-    stage.run(retrain, per_round=True)
+    stage.run(retrain, per_round=True, data_parallel=True)

@@ -6,4 +6,4 @@ from lottery import stage, tracking  # noqa: E402
 from lottery.steps.train import train_dense  # noqa: E402
 
 if __name__ == "__main__":
-    stage.run(train_dense, on_failure=tracking.branch_failed)
+    stage.run(train_dense, on_failure=tracking.branch_failed, data_parallel=True)

@@ -60,8 +60,11 @@ def mnist_root():
 DVC_PROJECT_FILES = ("lottery", "stages", "dvc.yaml", ".dvcignore", ".gitignore")
 
 
-def sh(repo, *args):
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+def sh(repo, *args, env=None):
+    """A command in `repo` with this venv first on PATH; `env` changes the environment (None removes a
+    variable). Its stdout; the test fails if it does."""
+    changes = {"PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    env = {key: value for key, value in {**os.environ, **changes}.items() if value is not None}
     result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
@@ -77,14 +80,28 @@ def run_stage(cwd, name, *args):
 def reproduced_repo(tmp_path_factory, mnist_root, name, overrides):
     """A DVC project of the tiny params with `overrides` after a real `dvc repro`, its stages
     logging to a SQLite MLflow store inside it."""
-    params = with_overrides(default_params(), {**TINY, **overrides, "data.source": "local", "data.local_root": str(mnist_root)})
-    repo = dvc_project(tmp_path_factory.mktemp(name), params)
+    repo = dvc_project(tmp_path_factory.mktemp(name), tiny_params(mnist_root, overrides))
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
     try:
         sh(repo, "dvc", "repro")
         yield repo
     finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
+        if previous is None:
+            del os.environ["MLFLOW_TRACKING_URI"]
+        else:  # the store of an enclosing reproduced_repo
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def tiny_params(mnist_root, overrides):
+    """The tiny params with `overrides`, reading the real MNIST files from `mnist_root`."""
+    return with_overrides(default_params(), {**TINY, **overrides, "data.source": "local", "data.local_root": str(mnist_root)})
+
+
+def commit(repo, message):
+    """Everything in `repo` that git does not ignore, committed."""
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", message)
 
 
 def dvc_project(repo, params):

@@ -66,8 +66,8 @@ def test_late_rewinding_starts_from_the_dense_weights_at_k(workdir, make_hp):
     assert curve[0]["iteration"] == 20  # the retrain resumes the schedule at k
 
 
-def test_same_params_and_seed_give_identical_masks_and_metrics(workdir, make_hp, monkeypatch):
-    hp = make_hp()
+def fingerprints_of_two_runs(hp, workdir, monkeypatch):
+    """The lineage of `hp` run in the workdir, then again in a fresh folder: their fingerprints."""
     pipeline.run_lineage(hp)
     first = fingerprint()
     second_dir = workdir / "again"
@@ -75,7 +75,13 @@ def test_same_params_and_seed_give_identical_masks_and_metrics(workdir, make_hp,
     (second_dir / "data").symlink_to(workdir / "data")
     monkeypatch.chdir(second_dir)
     pipeline.run_lineage(hp)
-    assert fingerprint() == first
+    return first, fingerprint()
+
+
+def test_same_params_and_seed_give_identical_masks_and_metrics(workdir, make_hp, monkeypatch):
+    hp = make_hp()
+    first, second = fingerprints_of_two_runs(hp, workdir, monkeypatch)
+    assert second == first
     assert len(first[0]) == hp.rounds + 1
 
 

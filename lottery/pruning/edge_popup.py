@@ -23,6 +23,6 @@ class EdgePopup:
             batch_size=hp.train.batch_size,
             seed=hp.seed,
             generator=generator,
-            device=devices.device_for(hp.train.device),
+            device=devices.prepare(hp.train),
             shared=(values, hp.weight_agnostic.signs) if hp.supermask.weight_agnostic else None,
         )

@@ -35,7 +35,7 @@ def save_training(hp, round_, model, result, parents, iterations, control=None):
     """The trained weights, and the training log: the curve, the early-stop summary and the
     environment that trained it (its MLflow run's `lottery.env.*` tags)."""
     save_weights(paths.trained_weights(round_, control), model, hp, round_=round_, iteration=iterations, parents=parents)
-    environment = provenance.environment(result.device)
+    environment = provenance.environment(result.device, result.processes)
     log = {"curve": result.curve, "summary": result.summary(), "environment": environment}
     write_json(paths.training_log(round_, control), log)
 

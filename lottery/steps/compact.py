@@ -2,7 +2,7 @@
 
 import torch
 
-from lottery import channels, checkpoints, compression, masks, paths, records, tracking
+from lottery import channels, checkpoints, compression, devices, masks, paths, provenance, records, tracking
 from lottery.io import write_json
 from lottery.steps.common import model_spec, save_weights, test_split
 
@@ -45,9 +45,9 @@ def compact(hp, round_):
 
 
 def compression_report(hp, round_, dense, shipped, mask, structured):
-    """Parameters, FLOPs, bytes on disk and median CPU latency (batch 1 and 64; the two models
-    timed in turn) of the dense model and the shipped one, with the FLOPs speedup beside the
-    measured ones."""
+    """Parameters, FLOPs, bytes on disk and median latency on `train.device` (batch 1 and 64; the
+    two models timed in turn) of the dense model and the shipped one, with the FLOPs speedup
+    beside the measured ones, and the device that was timed."""
     input_shape = dense.input_shape
     # A sparse file stores only the kept values of its masked tensors.
     pruned = 0 if structured else sum(keep.numel() - int(keep.sum()) for keep in mask.values())
@@ -61,13 +61,17 @@ def compression_report(hp, round_, dense, shipped, mask, structured):
         "flops": compression.flops(shipped, input_shape, None if structured else mask),
         "bytes": compression.file_bytes(paths.compact_model(round_)),
     }
+    device = devices.prepare(hp.train)
     for batch in LATENCY_BATCHES:
-        timed = compression.latencies([dense, shipped], input_shape, batch, repeats=hp.compact.latency_repeats)
+        timed = compression.latencies(
+            [dense.to(device), shipped.to(device)], input_shape, batch, repeats=hp.compact.latency_repeats
+        )
         for figures, seconds in zip((dense_figures, compact_figures), timed):
             figures[f"latency_ms_batch_{batch}"] = 1000 * seconds
     report_ = {
         "round": round_,
         "form": "channels_removed" if structured else "sparse_file",
+        "latency_device": provenance.device_name(device),
         "dense": dense_figures,
         "compact": compact_figures,
         "flops_speedup": dense_figures["flops"] / compact_figures["flops"],

@@ -13,10 +13,10 @@ def control(hp, round_, name):
     model, mask = controls.build(
         name, theta, checkpoint["model"], ticket_mask, hp.seed, round_, same_sign=hp.controls.same_sign
     )
-    masks.save(mask, paths.mask(round_, name))
     splits = load_splits(hp)
     schedule, start_iteration = retrain_schedule(hp, model, mask)
     result = training.train(model, mask, splits, schedule, hp.seed, start_iteration=start_iteration)
+    masks.save(mask, paths.mask(round_, name))  # after training: data-parallel followers end there
     save_training(
         hp,
         round_,

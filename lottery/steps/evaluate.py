@@ -11,7 +11,7 @@ def evaluate(hp, round_, test=None, control=None):
     model, _ = checkpoints.load_model(paths.trained_weights(round_, control))
     mask = masks.load(paths.mask(round_, control), model)
     check_pruned_weights_are_zero(model, mask)
-    device = devices.device_for(hp.train.device)
+    device = devices.prepare(hp.train)
     test = (test or test_split(hp)).to(device)
     test_loss, test_accuracy = training.evaluate(model.to(device), test)
     log = read_json(paths.training_log(round_, control))
