@@ -55,11 +55,13 @@ def _count(model, input_shape):
 
 
 def flops(model, input_shape, mask=None):
-    """FLOPs of one forward pass on one example of `input_shape` (no batch dimension).
+    """FLOPs of one forward pass on one example of `input_shape` (no batch dimension), as
+    `torch.utils.flop_counter` counts them: matrix multiplications and convolutions (2 per
+    multiply-add); activations, pooling, BatchNorm and additions count nothing.
 
     With `mask` ({parameter name: bool tensor}), each Conv2d / Linear whose weight is masked counts
     only the fraction of its FLOPs matching the fraction of its weights kept: the theoretical cost of
-    the unstructured sparse model. Every other operation counts in full.
+    the unstructured sparse model. Every other counted operation counts in full.
     """
     counts = _count(model, input_shape)
     total = counts.get("Global", 0)

@@ -2,8 +2,10 @@
 search can stop there.
 
 At the end of every epoch the mask that `prune@1` would draw now is compared, by normalised
-Hamming distance, with each of the last `queue` epochs' masks. When every one of those distances
-is below ε, the Early-Bird ticket has emerged and training stops.
+Hamming distance, with each of the last `queue` epochs' masks. When none of those distances
+exceeds ε, the Early-Bird ticket has emerged and training stops. "Exceeds": the authors' code
+stops when no distance is above ε, so a distance equal to ε counts as settled; its FIFO of 5
+masks compares the newest with 4 others (`queue` 4 here).
 """
 
 import hashlib
@@ -58,7 +60,8 @@ def mask_distance(a, b):
     """Normalised Hamming distance: the fraction of channels whose keep-flag differs."""
     if a.shape != b.shape:
         raise ValueError(f"masks of {a.numel()} and {b.numel()} channels cannot be compared")
-    return (a != b).float().mean().item()
+    # A ratio of two integers in double precision: a float32 mean would put 2/20 just above 0.1.
+    return int((a != b).sum()) / a.numel()
 
 
 @dataclass
@@ -75,11 +78,11 @@ class Search:
         self._recent = deque(maxlen=self.queue)
 
     def observe(self, vector):
-        """Record this epoch's mask; True once the last `queue` masks are all within ε of it."""
+        """Record this epoch's mask; True once the last `queue` masks are all within ε of it (≤ ε)."""
         gaps = [mask_distance(vector, earlier) for earlier in self._recent]
         self.distances.append(max(gaps) if gaps else None)
         self.history.append(vector.clone())
-        found = len(gaps) == self.queue and max(gaps) < self.epsilon
+        found = len(gaps) == self.queue and max(gaps) <= self.epsilon
         self._recent.append(vector.clone())
         if found and self.found_epoch is None:
             self.found_epoch = len(self.history)

@@ -174,6 +174,9 @@ class PruneHparams(Section):
             raise ParamsError(f"prune.granularity = {self.granularity!r}: {self.strategy} prunes {' or '.join(supported)}s")
         _at_least("prune.min_channels", self.min_channels, 1)
         _one_of("prune.scope", self.scope, ("layerwise", "global"))
+        scopes = getattr(pruning.REGISTRY[self.strategy], "scopes", ("layerwise", "global"))
+        if self.scope not in scopes:
+            raise ParamsError(f"prune.scope = {self.scope!r}: {self.strategy} ranks within each layer (use 'layerwise')")
         _one_of("prune.schedule", self.schedule, ("iterative", "oneshot"))
         for key in ("rate", "conv_rate", "output_rate"):
             value = getattr(self, key)
@@ -227,7 +230,7 @@ class ControlsHparams(Section):
 class EarlyBirdHparams(Section):
     enabled: bool  # search for an Early-Bird ticket while training dense (round 0)
     ratio: float  # fraction of channels the drawn masks prune (must equal prune.rate)
-    epsilon: float  # the ticket has emerged when the last `queue` mask distances are all below ε
+    epsilon: float  # the ticket has emerged when none of the last `queue` mask distances exceeds ε
     queue: int  # how many earlier epochs' masks each new mask is compared with (FIFO)
     quantize_bits: int  # 0: full-precision search; else weights and inputs fake-quantised to this many bits
 

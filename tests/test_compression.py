@@ -26,6 +26,13 @@ def test_flops_match_hand_count():
     assert compression.flops(tiny_net(), (1, 8, 8)) == CONV_FLOPS + LINEAR_FLOPS
 
 
+def test_flops_count_matmuls_and_convolutions_only():
+    # BatchNorm, ReLU, pooling and the bias of a Linear add nothing to the count.
+    model = nn.Sequential(nn.BatchNorm2d(1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 10))
+    assert compression.flops(model, (1, 8, 8)) == 2 * 16 * 10
+    assert compression.flops(nn.Sequential(nn.BatchNorm2d(1), nn.ReLU()), (1, 8, 8)) == 0
+
+
 def test_flops_scale_masked_layers_by_fraction_kept():
     model = tiny_net()
     keep = torch.zeros(4, 1, 3, 3, dtype=torch.bool)

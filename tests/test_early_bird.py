@@ -20,7 +20,7 @@ def test_distance_of_identical_masks_is_0_and_of_complementary_masks_is_1():
     assert early_bird.mask_distance(a, vector("1100101000")) == pytest.approx(0.2)
 
 
-def test_fifo_stops_exactly_when_all_of_the_last_queue_distances_are_below_epsilon():
+def test_fifo_stops_exactly_when_none_of_the_last_queue_distances_exceeds_epsilon():
     # 20 channels: each step flips some channels of the first mask; one flip = distance 0.05.
     base = torch.zeros(20, dtype=torch.bool)
 
@@ -32,10 +32,11 @@ def test_fifo_stops_exactly_when_all_of_the_last_queue_distances_are_below_epsil
     search = early_bird.Search(epsilon=0.1, queue=3)
     sequence = [flipped(0, 1, 2, 3), flipped(0), flipped(0), flipped(0, 1), flipped(0), flipped(0)]
     stops = [search.observe(mask) for mask in sequence]
-    # epoch 4: distances to epochs 1-3 are 0.1, 0.05, 0.05 -> 0.1 is not below ε
-    # epoch 5: to epochs 2-4: 0, 0, 0.05 -> all below ε: the ticket has emerged
-    assert stops == [False, False, False, False, True, True]
-    assert search.found_epoch == 5
+    # epoch 3: distances to epochs 1-2 only (the FIFO is not full yet)
+    # epoch 4: to epochs 1-3: 0.1, 0.05, 0.05 -> none exceeds ε: the ticket has emerged (the
+    # authors' test; with "all below ε" the 0.1 would have kept it training)
+    assert stops == [False, False, False, True, True, True]
+    assert search.found_epoch == 4
     assert search.distances[0] is None  # nothing to compare the first mask with
     assert search.distances[1:5] == pytest.approx([0.15, 0.15, 0.1, 0.05])
 
@@ -182,3 +183,36 @@ def test_without_an_early_bird_the_budget_runs_out_and_the_last_mask_is_used(wor
     assert searched["epochs_trained"] == 5 and searched["iterations_trained"] == 100
     assert "no ticket" in capsys.readouterr().out
     pipeline.prune(hp, 1)  # the last mask goes on to round 1
+
+
+def test_without_a_ticket_a_budget_of_part_epochs_prunes_the_final_weights(workdir, make_hp, capsys):
+    # 110 iterations: 5 whole epochs, whose masks the search saw, then 10 more iterations.
+    hp = eb_params(
+        make_hp,
+        **{"train.iterations": 110, "early_bird.queue": 10, "rewind.finetune_iterations": 20, "train.eval_every": 20},
+    )
+    pipeline.init(hp)
+    pipeline.train_dense(hp)
+    searched = read_json(paths.early_bird_report())
+    assert not searched["found"] and searched["epochs_trained"] == 5 and searched["iterations_trained"] == 110
+    pipeline.prune(hp, 1)  # it checks the mask against the report's hash
+    assert "prune@1 draws from the final weights" in capsys.readouterr().out
+    trained, _ = checkpoints.load_model(paths.trained_weights(0))
+    mask = masks.load(paths.mask(1), trained)
+    assert early_bird.digest(early_bird.channel_vector(trained, mask)) == searched["mask_sha256"]
+
+
+def test_a_oneshot_lineage_of_two_rounds_prunes_round_2_past_the_ticket(workdir, make_hp):
+    hp = eb_params(make_hp, **{"prune.schedule": "oneshot", "rounds": hparams.rounds_section(2)})
+    pipeline.run_lineage(hp)
+    kept = [read_json(paths.sparsity_report(r))["weights_remaining"] for r in (1, 2)]
+    assert kept[1] < kept[0] < 1
+
+
+def test_savings_count_the_retraining_from_the_rewind_iteration(workdir, make_hp):
+    # Retraining from θ30 to 400: 370 iterations, though the curve's first point is at 100.
+    hp = eb_params(make_hp, **{"rewind.target": "init", "rewind.iteration": 30})
+    pipeline.run_lineage(hp)
+    saved = read_json(paths.summary())["early_bird"]
+    assert read_json(paths.training_log(1))["curve"][0]["iteration"] == 100
+    assert saved["retrain_epochs"] == pytest.approx(370 / 20)

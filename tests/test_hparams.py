@@ -29,6 +29,10 @@ def test_default_params_describe_the_paper_lenet_experiment():
         ({"data.source": "ftp"}, "data.source = 'ftp': unknown"),
         ({"train.test_curve": "sometimes"}, "train.test_curve = 'sometimes': unknown (expected one of ['every', 'improvements'])"),
         ({"train.optimzer": "sgd"}, "train.optimzer: unknown key"),
+        (
+            {"prune.strategy": "l1_filter", "prune.granularity": "channel", "prune.scope": "global"},
+            "prune.scope = 'global': l1_filter ranks within each layer (use 'layerwise')",
+        ),
         ({"rounds": {"1": {"prev": 0}, "3": {"prev": 2}}}, "rounds: keys ['1', '3'] must be the strings '1'..'2'"),
         ({"rounds": {"1": {"prev": 0}, "2": {"prev": 0}}}, "rounds.2 = {'prev': 0}: must be {prev: 1}"),
         ({"train.batch_size": 70_000}, "train.batch_size = 70000: larger than the training split (55000 examples)"),

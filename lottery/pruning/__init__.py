@@ -2,7 +2,8 @@
 
 Adding a strategy is one module with a `@register("name")` class that names its `granularities`
 ('weight', 'channel') and has, for each, `weight_scores(model, mask, generator) -> {param name:
-scores}` or `channel_scores(model, channel_groups, generator) -> {group name: scores[size]}`.
+scores}` or `channel_scores(model, channel_groups, generator) -> {group name: scores[size]}`. A
+strategy whose scores only rank within a layer names `scopes = ("layerwise",)`.
 
 A strategy that learns its scores from data rather than reading them off the trained weights
 (edge_popup) sets `learns_scores = True` and has `search(inputs, mask, drop, generator) -> mask`:

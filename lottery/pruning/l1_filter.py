@@ -10,6 +10,9 @@ class L1Filter:
     norms over the group's conv and Linear layers."""
 
     granularities = ("channel",)
+    # Li et al. rank filters within each layer. Raw L1 norms are not comparable across layers (they
+    # grow with fan-in, which differs up to ~500x between VGG's layers): no global ranking.
+    scopes = ("layerwise",)
 
     @staticmethod
     def channel_scores(model, channel_groups, generator):

@@ -22,9 +22,9 @@ def compact(hp, round_):
     if channels.is_channel_mask(model, mask):
         shipped, sparse_mask = channels.compact(model, mask), None
         spec = model_spec(hp, compact_of=shipped)
-    else:
+        _check_equivalent(model, shipped, probe, round_)  # the cut model, before it is saved
+    else:  # the masked model itself is shipped, as a sparse file: the file is what to check
         shipped, sparse_mask, spec = model, mask, checkpoint["model"]
-    _check_equivalent(model, shipped, probe, round_)
     save_weights(
         paths.compact_model(round_),
         shipped,

@@ -15,7 +15,7 @@ def prune(hp, round_):
     mask = pruning.prune(
         hp.prune, trained, previous, seed=hp.seed + round_, rounds=round_ - source, search_inputs=_search_inputs(hp)
     )
-    if hp.early_bird.enabled and source == 0:
+    if hp.early_bird.enabled and round_ == 1:  # a one-shot round r > 1 prunes round 0 further than the search did
         _check_early_bird_mask(trained, mask)
     sparsity = masks.sparsity_report(mask, trained.prunable_kinds())
     sparsity["rates"] = pruning.layer_rates(trained, hp.prune)

@@ -1,8 +1,9 @@
 """report: the lineage at a glance, and its MLflow records completed from the DVC outputs."""
 
-from lottery import checkpoints, early_bird, paths, records, report, tracking
+from lottery import checkpoints, early_bird, masks, paths, records, report, tracking
 from lottery.io import read_json, write_json, write_text
 from lottery.steps.common import test_split
+from lottery.steps.schedule import retrain_schedule
 
 # Real test images the registered model is traced on and shows as its input example.
 EXAMPLE_IMAGES = 4
@@ -51,11 +52,12 @@ def _early_bird_savings(hp):
     searched = read_json(paths.early_bird_report())
     if not searched["enabled"]:
         return None
-    curve = read_json(paths.training_log(1))["curve"]
+    model, _ = checkpoints.load_model(paths.start_weights(1))
+    schedule, start = retrain_schedule(hp, model, masks.load(paths.mask(1), model))
     flops = read_json(paths.compression_report(1))
     saved = early_bird.savings(
         searched,
-        retrain_iterations=curve[-1]["iteration"] - curve[0]["iteration"],
+        retrain_iterations=schedule.iterations - start,
         dense_flops=flops["dense"]["flops"],
         pruned_flops=flops["compact"]["flops"],
         full_iterations=hp.train.iterations,

@@ -40,11 +40,14 @@ def train_dense(hp):
     )
     masks.save(mask, paths.mask(0))
     save_training(hp, 0, model, result, parents=[paths.init_checkpoint()], iterations=result.iterations)
-    _write_early_bird(hp, search, result, training.iterations_per_epoch(hp.train, splits))
+    # prune@1 draws from the final weights: the search's last mask, unless training ran on past the
+    # last whole epoch (a budget that is not a whole number of epochs, and no ticket).
+    final = early_bird.draw(model, hp.prune, hp.seed + 1) if search else None
+    _write_early_bird(hp, search, final, result, training.iterations_per_epoch(hp.train, splits))
     evaluate(hp, 0, test=splits.test)
 
 
-def _write_early_bird(hp, search, result, per_epoch):
+def _write_early_bird(hp, search, final, result, per_epoch):
     """metrics/early_bird.json and plots/early_bird/ (written, if empty, without a search, since
     they are DVC outputs of the train stage)."""
     plots = paths.early_bird_plots()
@@ -67,13 +70,13 @@ def _write_early_bird(hp, search, result, per_epoch):
         "epsilon": hp.early_bird.epsilon,
         "queue": hp.early_bird.queue,
         "quantize_bits": hp.early_bird.quantize_bits,
-        "mask_channels": int(search.history[-1].numel()) if search.history else 0,
-        "mask_channels_kept": int(search.history[-1].sum()) if search.history else 0,
-        "mask_sha256": early_bird.digest(search.history[-1]) if search.history else "",
+        "mask_channels": int(final.numel()),
+        "mask_channels_kept": int(final.sum()),
+        "mask_sha256": early_bird.digest(final),
         "distances": search.distances,
     }
     if not found:
-        print(f"early bird: no ticket within ε = {hp.early_bird.epsilon} in {len(search.history)} epochs; prune@1 takes the last mask")
+        print(f"early bird: no ticket within ε = {hp.early_bird.epsilon} in {len(search.history)} epochs; prune@1 draws from the final weights")
     write_json(paths.early_bird_report(), summary)
     write_json(plots / "distances.json", matrix)
     if matrix:
