@@ -83,10 +83,10 @@ def stop():
         torch.distributed.destroy_process_group()
 
 
-def shard(batch):
-    """This rank's contiguous slice of a batch (the batch size is a multiple of the world size)."""
-    size = len(batch) // world_size()
-    return batch[rank() * size : (rank() + 1) * size]
+def own_rows(batch_size):
+    """This rank's contiguous slice of every batch (the batch size is a multiple of the world size)."""
+    size = batch_size // world_size()
+    return slice(rank() * size, (rank() + 1) * size)
 
 
 def wrap(model, device):

@@ -408,12 +408,11 @@ class Hparams:
     def _check_channels(self):
         import torch
 
-        from lottery import channels, data, models, pruning
+        from lottery import channels, pruning
 
         if "random_sparse" in self.controls.run:
             raise ParamsError("controls.run = ['random_sparse']: needs prune.granularity 'weight' (it breaks channels)")
-        spec = data.DATASETS[self.data.dataset]
-        model = models.build(self.model.name, spec.input_shape, spec.num_classes, seed=0, width=self.model.width)
+        model = self._model()
         channel_groups = channels.groups(model)
         if not channel_groups:
             raise ParamsError(f"prune.granularity = 'channel': {self.model.name} has no prunable channels")
@@ -427,8 +426,7 @@ class Hparams:
     def _check_distributed(self):
         import torch
 
-        from lottery import data, devices, models
-        from lottery.models.base import batchnorm_scales
+        from lottery import devices
 
         ranks = self.distributed.world_size
         if self.train.batch_size % ranks:
@@ -442,9 +440,7 @@ class Hparams:
                 f"distributed.processes_per_node = {self.distributed.processes_per_node}: one GPU per process, "
                 f"and torch finds {torch.cuda.device_count()} here"
             )
-        spec = data.DATASETS[self.data.dataset]
-        model = models.build(self.model.name, spec.input_shape, spec.num_classes, seed=0, width=self.model.width)
-        if batchnorm_scales(model) and not on_gpus:
+        if self._has_batchnorm() and not on_gpus:
             raise ParamsError(
                 f"distributed.processes_per_node = {self.distributed.processes_per_node}: {self.model.name} has "
                 "BatchNorm, and torch's SyncBatchNorm runs on GPUs only (train.device cuda, or 1 process)"
@@ -457,9 +453,6 @@ class Hparams:
         return pruning.learns_scores(self.prune.strategy)
 
     def _check_supermask(self):
-        from lottery import data, models
-        from lottery.models.base import batchnorm_scales
-
         # The search scores the weights the round will start from, and none of them is trained.
         if self.rewind.target != "init":
             raise ParamsError(
@@ -468,15 +461,25 @@ class Hparams:
             )
         if self.prune.scope != "layerwise":
             raise ParamsError(f"prune.scope = {self.prune.scope!r}: {self.prune.strategy} keeps each layer's top scores (use 'layerwise')")
-        spec = data.DATASETS[self.data.dataset]
-        model = models.build(self.model.name, spec.input_shape, spec.num_classes, seed=0, width=self.model.width)
-        if batchnorm_scales(model):
+        if self._has_batchnorm():
             raise ParamsError(
                 f"model.name = {self.model.name!r}: has BatchNorm, whose statistics a supermask of frozen weights "
                 "has no stage to keep; use lenet_300_100 or conv2/conv4/conv6"
             )
         if self.supermask.weight_agnostic and not self.weight_agnostic.values:
             raise ParamsError("supermask.weight_agnostic = true: draws its shared weights from weight_agnostic.values, which is []")
+
+    def _model(self):
+        """A model of these params (seed 0), for the checks that depend on its layers."""
+        from lottery import data, models
+
+        spec = data.DATASETS[self.data.dataset]
+        return models.build(self.model.name, spec.input_shape, spec.num_classes, seed=0, width=self.model.width)
+
+    def _has_batchnorm(self):
+        from lottery.models.base import batchnorm_scales
+
+        return bool(batchnorm_scales(self._model()))
 
     def branches(self):
         """(round, control) of every branch the params ask for: the ticket's rounds 0..N (control

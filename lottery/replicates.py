@@ -45,7 +45,7 @@ def _of_seeds(parents, seeds):
     missing = sorted(set(seeds) - set(found))
     if missing:
         raise ReplicateError(f"seeds {missing}: no lineage of these params in MLflow (did their experiments fail?)")
-    return [found[seed] for seed in set(seeds)]
+    return [found[seed] for seed in set(seeds)]  # measurements() puts them in seed order
 
 
 def summarize(hp, seeds=None):

@@ -142,6 +142,7 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
         raise ParamsError(f"train.batch_size = {batch}: larger than the training set ({size} examples)")
     curve, snapshot = [], None
     indices = batches(seed, size, batch, start_iteration, device)
+    own = distributed.own_rows(batch)  # all of each batch, or this rank's slice
     scheduled = bool(train_hp.warmup_iterations or train_hp.milestones)
     early_stop = None  # the point TrainResult.early_stop would pick from the curve so far
 
@@ -166,7 +167,7 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
                 record(iteration)
             if iteration == snapshot_at:
                 snapshot = copy.deepcopy(model.state_dict())
-            index = distributed.shard(next(indices))
+            index = next(indices)[own]
             if scheduled:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(train_hp, iteration)

@@ -40,14 +40,19 @@ def train_dense(hp):
     )
     masks.save(mask, paths.mask(0))
     save_training(hp, 0, model, result, parents=[paths.init_checkpoint()], iterations=result.iterations)
-    # prune@1 draws from the final weights: the search's last mask, unless training ran on past the
-    # last whole epoch (a budget that is not a whole number of epochs, and no ticket).
-    final = early_bird.draw(model, hp.prune, hp.seed + 1) if search else None
-    _write_early_bird(hp, search, final, result, training.iterations_per_epoch(hp.train, splits))
+    _write_early_bird(hp, search, model, result, training.iterations_per_epoch(hp.train, splits))
     evaluate(hp, 0, test=splits.test)
 
 
-def _write_early_bird(hp, search, final, result, per_epoch):
+def _final_mask(hp, search, model, result, per_epoch):
+    """The channel vector prune@1 draws from the final weights: the search's last mask, unless
+    training ran on past the last whole epoch (no ticket, and a budget of part epochs)."""
+    if search.history and result.iterations % per_epoch == 0:
+        return search.history[-1]
+    return early_bird.draw(model, hp.prune, hp.seed + 1)
+
+
+def _write_early_bird(hp, search, model, result, per_epoch):
     """metrics/early_bird.json and plots/early_bird/ (written, if empty, without a search, since
     they are DVC outputs of the train stage)."""
     plots = paths.early_bird_plots()
@@ -56,6 +61,7 @@ def _write_early_bird(hp, search, final, result, per_epoch):
         write_json(paths.early_bird_report(), {"enabled": False})
         write_json(plots / "distances.json", [])
         return
+    final = _final_mask(hp, search, model, result, per_epoch)
     matrix = early_bird.distance_matrix(search.history)
     found = search.found_epoch is not None
     summary = {
