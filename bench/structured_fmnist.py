@@ -89,9 +89,7 @@ def one_seed(args):
     for branch, overrides in BRANCHES.items():
         hp = bench_params(*common, overrides)
         enter_workspace(args.workdir / f"seed_{args.seed}" / branch)
-        for shared in (paths.init_checkpoint().parent, paths.round_dir(0)):
-            shutil.copytree(dense_dir / shared, shared, dirs_exist_ok=True)
-        shutil.copytree(dense_dir / paths.METRICS, paths.METRICS, dirs_exist_ok=True)
+        copy_dense_run(dense_dir)
         started = time.perf_counter()
         for step in (pipeline.prune, pipeline.rewind, pipeline.retrain, pipeline.evaluate, pipeline.compact):
             step(hp, 1)
@@ -123,6 +121,14 @@ def run_seeds(script, seeds, arguments):
     workers = [subprocess.Popen([sys.executable, script, "--seed", str(seed), *arguments]) for seed in seeds]
     if any(worker.wait() for worker in workers):
         sys.exit("error: a seed failed (see its output above)")
+
+
+def copy_dense_run(dense_dir):
+    """θ0, round 0 and their metrics from another workspace's run into this one, so that a branch
+    pruning the same dense run does not train it again."""
+    for shared in (paths.init_checkpoint().parent, paths.round_dir(0)):
+        shutil.copytree(dense_dir / shared, shared, dirs_exist_ok=True)
+    shutil.copytree(dense_dir / paths.METRICS, paths.METRICS, dirs_exist_ok=True)
 
 
 def enter_workspace(workspace):

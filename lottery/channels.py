@@ -94,6 +94,18 @@ def kept(channel_groups, mask):
     return keep
 
 
+def kept_fans(model, mask):
+    """{weight: (fan_in, fan_out)} of every prunable layer as the architecture a channel mask
+    leaves has it: torch's fans counted over the kept input and output channels only."""
+    fans = {}
+    for name in model.prunable_kinds():
+        keep = mask[name]
+        receptive_field = keep[0][0].numel() if keep.dim() > 2 else 1
+        outputs, inputs = int(keep.flatten(1).any(1).sum()), int(keep.transpose(0, 1).flatten(1).any(1).sum())
+        fans[name] = (inputs * receptive_field, outputs * receptive_field)
+    return fans
+
+
 def is_channel_mask(model, mask):
     """Whether the mask carries parameters besides the prunable weights (biases, BatchNorm), as the
     masks `expand` makes do."""

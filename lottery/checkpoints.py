@@ -47,13 +47,27 @@ def model_spec(name, input_shape, num_classes, width, init="glorot", compact_of=
     return spec
 
 
-def build(spec, seed=0):
-    """A model of the described architecture, with weights drawn from `seed`."""
+def build(spec, seed=0, fans=None):
+    """A model of the described architecture, with weights drawn from `seed` (`fans`: see
+    PrunableModel.reset_parameters)."""
     # Checkpoints written before model.width existed describe width-1 models.
     width = spec.get("width", 1.0)
     init = spec.get("init", "glorot")
-    model = models.build(spec["name"], spec["input_shape"], spec["num_classes"], seed=seed, width=width, init=init)
+    model = models.build(
+        spec["name"], spec["input_shape"], spec["num_classes"], seed=seed, width=width, init=init, fans=fans
+    )
     return channels.resize(model, spec["channels"]) if "channels" in spec else model
+
+
+def build_for_mask(spec, seed, mask):
+    """A fresh draw from the model's init for the network `mask` leaves. A channel mask leaves a
+    narrower architecture, and each layer's init sees that architecture's fans (its kept
+    channels): Liu et al. train a pruned architecture from its own standard init. A weight mask
+    leaves the architecture as it is."""
+    model = build(spec, seed=seed)
+    if not channels.is_channel_mask(model, mask):
+        return model
+    return build(spec, seed=seed, fans=channels.kept_fans(model, mask))
 
 
 def load_model(path):

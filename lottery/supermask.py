@@ -52,7 +52,8 @@ def search(model, mask, drop, splits, supermask_hp, batch_size, seed, generator,
             group["lr"] = cosine_rate(supermask_hp.lr, iteration, supermask_hp.iterations)
         value = shared[0][int(torch.randint(len(shared[0]), (), generator=generator))] if shared else 1.0
         weights = {**frozen, **biases, **effective_weights(base, scores, candidates, drop, value)}
-        loss = F.cross_entropy(functional_call(model, weights, (train.x[index],)), train.y[index])
+        images = splits.augment(train.x[index], seed, iteration, batch_size) if splits.augment else train.x[index]
+        loss = F.cross_entropy(functional_call(model, weights, (images,)), train.y[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

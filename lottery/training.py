@@ -6,6 +6,7 @@ The data order is a function of (seed, iteration) alone, so a run resumed at ite
 """
 
 import copy
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -128,7 +129,9 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
     """
     device = devices.prepare(train_hp)
     model.to(device).train()
-    splits = type(splits)(*(split.to(device) for split in (splits.train, splits.validation, splits.test)))
+    splits = dataclasses.replace(
+        splits, train=splits.train.to(device), validation=splits.validation.to(device), test=splits.test.to(device)
+    )
     params = dict(model.named_parameters())
     # Layers the mask leaves whole need no masking work on the hot path; float masks multiply
     # faster than bool ones.
@@ -171,8 +174,11 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
             if scheduled:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(train_hp, iteration)
+            images = splits.train.x[index]
+            if splits.augment:
+                images = splits.augment(images, seed, iteration, batch, own)
             with precision:
-                loss = F.cross_entropy(net(splits.train.x[index]), splits.train.y[index])
+                loss = F.cross_entropy(net(images), splits.train.y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if scales:

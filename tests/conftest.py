@@ -175,3 +175,18 @@ def pytest_configure(config):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Warm workers that the tests' stages start (lottery/warm.py) stop soon after the last test.
     os.environ.setdefault("LOTTERY_WARM_IDLE", "120")
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path, monkeypatch):
+    """The root of a tiny CIFAR-10 (tests.test_datasets_more.write_cifar) readable by
+    torchvision.datasets.CIFAR10, and its (train, test) images and labels."""
+    import torchvision
+
+    from tests.test_datasets_more import write_cifar
+
+    # torchvision checks every batch and batches.meta against the real files' md5s, which no
+    # stand-in can match: keep only its check that each file exists, for this test alone.
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    root = tmp_path / "cifar"
+    return root, write_cifar(root)

@@ -2,13 +2,11 @@
 
 import dataclasses
 import hashlib
-import os
 import pickle
 
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 from lottery import data
 from tests.test_data import data_hp
@@ -103,16 +101,6 @@ def write_cifar(root):
     train = np.concatenate([images[name] for name in CIFAR_TRAIN_BATCHES])
     train_labels = sum((labels[name] for name in CIFAR_TRAIN_BATCHES), [])
     return (train, train_labels), (images["test_batch"], labels["test_batch"])
-
-
-@pytest.fixture
-def tiny_cifar(tmp_path, monkeypatch):
-    """The tiny CIFAR-10's root, readable by torchvision.datasets.CIFAR10."""
-    # torchvision checks every batch and batches.meta against the real files' md5s, which no
-    # stand-in can match: keep only its check that each file exists, for this test alone.
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
-    root = tmp_path / "cifar"
-    return root, write_cifar(root)
 
 
 def normalised(pixels):

@@ -19,7 +19,7 @@ def test_default_params_describe_the_paper_lenet_experiment():
         ({"model.name": "lenet_5000"}, "model.name = 'lenet_5000': unknown"),
         ({"prune.rate": 1.5}, "prune.rate = 1.5: must be in (0, 1)"),
         ({"prune.rate": 0}, "prune.rate = 0.0: must be in (0, 1)"),
-        ({"prune.output_rate": -0.1}, "prune.output_rate = -0.1: must be in (0, 1)"),
+        ({"prune.output_rate": -0.1}, "prune.output_rate = -0.1: must be in [0, 1) (0: the layer is left alone)"),
         ({"train.iterations": -5}, "train.iterations = -5: must be >= 1"),
         ({"train.iterations": "many"}, "train.iterations = 'many': must be int"),
         ({"train.batch_size": 60.5}, "train.batch_size = 60.5: must be int"),
@@ -82,6 +82,7 @@ def test_identity_ignores_what_cannot_change_the_results():
         "early_bird.ratio": 0.3,  # the search is off
         "rewind.finetune_lr": 0.5,  # rewind.target is init
         "rewind.scratch_budget": "flops",
+        "model.init": "glorot",  # 'paper' is LeNet's Glorot
     }
     for key, value in same.items():
         changed = hparams.from_dict(with_overrides(default_params(), {key: value}))
@@ -95,6 +96,12 @@ def test_identity_ignores_what_cannot_change_the_results():
         hparams.from_dict(with_overrides(default_params(), sgd)).params_hash
         != hparams.from_dict(with_overrides(default_params(), {**sgd, "train.momentum": 0.5})).params_hash
     )
+    vgg = {"model.name": "vgg11", "model.width": 0.25}
+    vgg_hash = {
+        init: hparams.from_dict(with_overrides(default_params(), {**vgg, "model.init": init})).params_hash
+        for init in ("paper", "kaiming_normal", "glorot")
+    }
+    assert vgg_hash["paper"] == vgg_hash["kaiming_normal"] != vgg_hash["glorot"]  # VGG's paper init is Kaiming's
     integer_lr = hparams.from_dict(with_overrides(default_params(), {"train.lr": 1}))
     assert integer_lr.params_hash == hparams.from_dict(with_overrides(default_params(), {"train.lr": 1.0})).params_hash
 

@@ -45,6 +45,26 @@ def test_same_seed_same_init_and_batchnorm_starts_at_one_and_zero(name):
             assert bool((module.weight == 1).all()) and bool((module.bias == 0).all())
 
 
+@pytest.mark.parametrize(
+    "name, expected",
+    [("vgg11", "kaiming_normal"), ("resnet20", "kaiming_normal"), ("conv2", "glorot"), ("lenet_300_100", "glorot")],
+)
+def test_the_paper_init_is_kaiming_for_vgg_and_resnet_and_glorot_for_the_lth_nets(name, expected):
+    from lottery import checkpoints, hparams
+    from lottery.steps.common import model_spec
+    from tests.conftest import default_params, with_overrides
+
+    hp = hparams.from_dict(with_overrides(default_params(), {"model.name": name, "model.init": "paper"}))
+    assert hp.model.weights_init() == expected
+    spec = model_spec(hp)  # what the init stage saves θ0 with
+    assert spec.get("init", "glorot") == expected
+    model = checkpoints.build(spec, seed=hp.seed)
+    weight = max((p for n, p in model.named_parameters() if n in model.prunable_kinds()), key=torch.numel)
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+    variance = 2 / fan_in if expected == "kaiming_normal" else 2 / (fan_in + fan_out)
+    assert weight.detach().std().item() == pytest.approx(variance**0.5, rel=0.05)
+
+
 def test_vgg19_follows_the_lth_plan_with_batchnorm_after_every_conv():
     model = models.build("vgg19", (3, 32, 32), 10, seed=0)
     layers = list(model.features)

@@ -68,14 +68,46 @@ def test_magnitude_removes_the_smallest_remaining_weights():
     assert weight[~keep].max() <= weight[keep].min()
 
 
-def test_global_scope_removes_the_rate_over_all_layers_together():
+def test_global_scope_pools_the_hidden_layers_and_prunes_the_output_layer_on_its_own():
     model = models.build("lenet_300_100", (1, 28, 28), 10, seed=0)
     train_like(model, seed=3)
     with torch.no_grad():
         dict(model.named_parameters())["layers.5.weight"].abs_().add_(10)  # the output layer is large
+        dict(model.named_parameters())["layers.3.weight"].abs_().add_(10)  # and so is the second layer
     mask = pruning.prune(prune_hp(rate=0.2, scope="global"), model, masks.ones(model), seed=1)
-    assert masks.weights_remaining(mask, model.prunable_kinds()) == pytest.approx(0.8, abs=1e-5)
-    assert bool(mask["layers.5.weight"].all())  # large weights survive a global ranking
+    pooled = ("layers.1.weight", "layers.3.weight")
+    removed = sum(int((~mask[name]).sum()) for name in pooled)
+    assert removed == round(0.2 * sum(mask[name].numel() for name in pooled))
+    assert bool(mask["layers.3.weight"].all())  # large weights survive the pooled ranking
+    # Large as they are, the output weights lose LeNet's paper rate for them: half of prune.rate.
+    assert int((~mask["layers.5.weight"]).sum()) == round(0.1 * mask["layers.5.weight"].numel())
+
+
+@pytest.mark.parametrize("model_name", ["vgg11", "resnet20"])
+def test_global_scope_leaves_the_output_layer_of_vgg_and_resnet_alone_unless_told(model_name):
+    model = models.build(model_name, (1, 28, 28), 10, seed=0, width=0.25)
+    train_like(model, seed=2)
+    output = next(name for name, kind in model.prunable_kinds().items() if kind == "output")
+    mask = pruning.prune(prune_hp(rate=0.2, scope="global"), model, masks.ones(model), seed=1)
+    assert bool(mask[output].all())  # LTH's VGG-19 and ResNet runs: conv 20% per round, FC 0%
+    convs = [name for name, kind in model.prunable_kinds().items() if kind == "conv"]
+    assert sum(int((~mask[n]).sum()) for n in convs) == round(0.2 * sum(mask[n].numel() for n in convs))
+    told = pruning.prune(prune_hp(rate=0.2, scope="global", output_rate=0.1), model, masks.ones(model), seed=1)
+    assert int((~told[output]).sum()) == round(0.1 * told[output].numel())
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"scope": "global", "conv_rate": 0.1}, "prune.conv_rate = 0.1: prune.scope 'global' ranks the conv and fc"),
+        ({"granularity": "channel", "strategy": "l1_filter", "conv_rate": 0.1}, "prune.conv_rate = 0.1: every channel group"),
+        ({"granularity": "channel", "strategy": "l1_filter", "output_rate": 0.1}, "prune.output_rate = 0.1: the output"),
+        ({"max_layer_fraction": 0.5}, "prune.max_layer_fraction = 0.5: caps a global channel threshold only"),
+    ],
+)
+def test_a_rate_the_scope_ignores_is_refused(overrides, message):
+    with pytest.raises(hparams.ParamsError, match=message):
+        prune_hp(**overrides)
 
 
 def test_pruning_is_deterministic():

@@ -2,7 +2,6 @@
 outputs to runs, shared by the stages and `sync`; nothing logged twice; every run FINISHED or
 FAILED; a lineage named by its params and code; `reproduce` naming what differs."""
 
-import json
 import shutil
 
 import pytest

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import channels, checkpoints, compression, hparams, masks, models, pipeline, pruning, training
+from lottery import channels, checkpoints, compression, controls, hparams, masks, models, pipeline, pruning, training
 from lottery.models import base
 from tests.conftest import default_params, with_overrides
 
@@ -19,7 +19,7 @@ def hp_with(**overrides):
     return hparams.from_dict(with_overrides(default_params(), overrides))
 
 
-def channel_prune_hp(strategy, scope, rate=0.5, min_channels=1):
+def channel_prune_hp(strategy, scope, rate=0.5, min_channels=1, max_layer_fraction=1.0):
     return hp_with(
         **{
             "model.name": "vgg11",
@@ -29,6 +29,7 @@ def channel_prune_hp(strategy, scope, rate=0.5, min_channels=1):
             "prune.scope": scope,
             "prune.rate": rate,
             "prune.min_channels": min_channels,
+            "prune.max_layer_fraction": max_layer_fraction,
             "rounds": hparams.rounds_section(2),
         }
     ).prune
@@ -216,6 +217,29 @@ def test_a_global_threshold_keeps_the_minimum_in_every_layer():
     assert channel_counts(model, mask)["features.4.weight"] == 3
 
 
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_a_global_threshold_takes_at_most_max_layer_fraction_of_any_layer(rounds):
+    """Early-Bird's 70% collapse: a layer whose γ all fell below the others' kept only
+    min_channels. A cap on the pruned fraction keeps it routing signal."""
+    model = trained_like(VGG)
+    with torch.no_grad():
+        model.features[5].weight.mul_(1e-6)  # features.4: 32 channels, every γ below every other layer's
+    uncapped = channel_prune_hp("bn_slimming", "global", rate=0.3)
+    uncapped = pruning.prune(uncapped, model, masks.ones(model), seed=0, rounds=rounds)
+    assert channel_counts(model, uncapped)["features.4.weight"] == 1
+    hp = channel_prune_hp("bn_slimming", "global", rate=0.3, max_layer_fraction=0.7)
+    capped = pruning.prune(hp, model, masks.ones(model), seed=0, rounds=rounds)
+    counts = channel_counts(model, capped)
+    assert counts["features.4.weight"] == 10  # ceil(0.3 × 32): at most 70% of it is pruned
+    kept, total = sum(counts.values()), sum(g.size for g in channels.groups(model))
+    assert total - kept == round((1 - 0.7**rounds) * total)  # the model still loses exactly the rate
+
+
+def test_a_cap_that_leaves_the_rate_unreachable_is_refused_up_front():
+    with pytest.raises(hparams.ParamsError, match=r"prune.rate = 0.5: round 2 would leave .* fewer than the .* prune.max_layer_fraction = 0.6"):
+        channel_prune_hp("bn_slimming", "global", max_layer_fraction=0.6)
+
+
 def test_params_refuse_what_a_model_or_strategy_cannot_do():
     with pytest.raises(hparams.ParamsError, match="prune.granularity = 'weight': l1_filter prunes channels"):
         hp_with(**{"prune.strategy": "l1_filter"})
@@ -299,6 +323,55 @@ def test_retraining_budgets_follow_the_rewind_target():
         hp_with(**base, **{"rewind.target": "scratch", "rewind.scratch_budget": "flops"}), model, mask
     )
     assert capped.iterations == 2000  # max_budget_factor 2, as the default params say
+
+
+@pytest.mark.parametrize("target", ["init", "finetune", "scratch"])
+def test_multi_pass_slimming_keeps_the_sparsity_term_in_every_rounds_retraining(target):
+    """Network Slimming's multi-pass scheme: sparsity training, pruning and fine-tuning repeat, so
+    every round after the first is drawn from weights trained with λ·Σ|γ| too."""
+    base = {"model.name": "vgg11", "model.width": 0.25, "prune.strategy": "bn_slimming", "prune.granularity": "channel",
+            "prune.scope": "global", "train.bn_l1": 1e-4, "rewind.target": target, "rounds": hparams.rounds_section(2)}
+    model = trained_like(VGG)
+    mask = masks.ones(model)
+    one_pass, _ = pipeline.retrain_schedule(hp_with(**base), model, mask)
+    multi_pass, _ = pipeline.retrain_schedule(hp_with(**base, **{"train.bn_l1_rounds": "every"}), model, mask)
+    assert (one_pass.bn_l1, multi_pass.bn_l1) == (0.0, 1e-4)
+    with pytest.raises(hparams.ParamsError, match="train.bn_l1_rounds = 'every': repeats the sparsity term, and train.bn_l1 is 0"):
+        hp_with(**{**base, "train.bn_l1": 0.0, "train.bn_l1_rounds": "every"})
+
+
+@pytest.mark.parametrize("init", ["glorot", "kaiming_normal"])
+def test_scratch_and_reinit_of_a_channel_mask_draw_from_the_pruned_architectures_own_init(init):
+    """Liu et al.'s Scratch-E/B (and the reinit control of a structured ticket) train the pruned
+    architecture from its standard init, whose fans are the kept channels', not the full model's."""
+    spec = checkpoints.model_spec("vgg11", (1, 28, 28), 10, 0.25, init)
+    full = checkpoints.build(spec, seed=5)
+    mask = random_channel_mask(full, fraction=0.4)
+    fresh = checkpoints.build_for_mask(spec, 5, mask)
+    small = channels.compact(fresh, mask)
+    variance = {
+        "glorot": lambda fan_in, fan_out: 2 / (fan_in + fan_out),
+        "kaiming_normal": lambda fan_in, fan_out: 2 / fan_in,
+    }[init]
+    full_params, fresh_params = dict(full.named_parameters()), dict(fresh.named_parameters())
+    scales = []
+    for name, small_weight in small.named_parameters():
+        if name not in full.prunable_kinds():
+            continue
+        # The same draws, each scaled to the narrow layer's init: √(its variance / the full layer's).
+        scale = (
+            variance(*nn.init._calculate_fan_in_and_fan_out(small_weight))
+            / variance(*nn.init._calculate_fan_in_and_fan_out(full_params[name]))
+        ) ** 0.5
+        scales.append(scale)
+        assert torch.allclose(fresh_params[name], full_params[name] * scale, rtol=1e-5, atol=0), name
+    # 40% of the channels kept: every layer's fans differ (but Kaiming's fan-in of the image layer).
+    assert sum(abs(scale - 1) > 0.05 for scale in scales) >= len(scales) - 1
+    control, control_mask = controls.REGISTRY["reinit"](full, spec, mask, 5, None, False)
+    assert all(torch.equal(a, b) for a, b in zip(control.state_dict().values(), fresh.state_dict().values()))
+    weight_mask = masks.ones(full)  # a weight mask leaves the architecture, and its init, as it is
+    dense = checkpoints.build_for_mask(spec, 5, weight_mask).state_dict()
+    assert all(torch.equal(dense[k], v) for k, v in full.state_dict().items())
 
 
 def test_slimming_finetune_and_compact_end_to_end(workdir, make_hp):

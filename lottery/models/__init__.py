@@ -8,8 +8,9 @@ REGISTRY = Registry()
 register = REGISTRY.register
 
 
-def build(name, input_shape, num_classes, seed, width=1.0, init="glorot"):
-    """The named model with its initial weights θ0 drawn from `seed` alone by `init` (base.INITS)."""
+def build(name, input_shape, num_classes, seed, width=1.0, init="glorot", fans=None):
+    """The named model with its initial weights θ0 drawn from `seed` alone by `init` (base.INITS;
+    `fans`: see PrunableModel.reset_parameters)."""
     if name not in REGISTRY:
         raise KeyError(f"model.name = {name!r}: unknown (expected one of {sorted(REGISTRY)})")
     cls = REGISTRY[name]
@@ -18,7 +19,7 @@ def build(name, input_shape, num_classes, seed, width=1.0, init="glorot"):
     model = cls(tuple(input_shape), num_classes, width=width) if cls.scalable else cls(tuple(input_shape), num_classes)
     # Tracing the channel graph and counting FLOPs need an example input of the right shape.
     model.input_shape = tuple(input_shape)
-    model.reset_parameters(torch.Generator().manual_seed(seed), init)
+    model.reset_parameters(torch.Generator().manual_seed(seed), init, fans)
     return model
 
 

@@ -24,8 +24,14 @@ class PrunableModel(nn.Module):
 
     # Per-round rate for conv layers when params leave prune.conv_rate null (LTH, Figure 2).
     paper_conv_rate = 0.1
+    # The output layer's rate as a fraction of prune.rate when prune.output_rate is null: LTH
+    # prunes LeNet's and Conv-2/4/6's output layer at half the rate.
+    paper_output_factor = 0.5
     # Whether the constructor takes a `width` multiplier of its channels (params model.width).
     scalable = False
+    # The init its papers draw θ0 from (params `model.init: paper`): Glorot, as LTH does for
+    # LeNet and Conv-2/4/6.
+    paper_init = "glorot"
 
     def prunable_kinds(self):
         """Parameter name -> 'conv', 'fc' or 'output' (the last Linear layer)."""
@@ -39,14 +45,16 @@ class PrunableModel(nn.Module):
         kinds[last_fc] = "output"
         return kinds
 
-    def reset_parameters(self, generator, init="glorot"):
+    def reset_parameters(self, generator, init="glorot", fans=None):
         """Weights drawn from `generator`, zero biases. `init`: glorot, Gaussian with variance
         2 / (fan_in + fan_out) (the LTH paper's); kaiming_normal, Gaussian with variance 2 / fan_in
         (He et al.); signed_kaiming_constant, every weight ±√(2 / fan_in) with the sign of a
-        kaiming_normal draw (Ramanujan et al.'s supermask init)."""
-        for module in self.modules():
+        kaiming_normal draw (Ramanujan et al.'s supermask init). `fans`: {weight name: (fan_in,
+        fan_out)} to use instead of the layer's own (a narrower architecture's, lottery.channels)."""
+        fans = fans or {}
+        for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
-                fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(module.weight)
+                fan_in, fan_out = fans.get(f"{name}.weight") or nn.init._calculate_fan_in_and_fan_out(module.weight)
                 variance = 2.0 / (fan_in + fan_out) if init == "glorot" else 2.0 / fan_in
                 with torch.no_grad():
                     module.weight.normal_(0.0, variance**0.5, generator=generator)

@@ -37,10 +37,13 @@ class CifarResNet(PooledConvNet):
     6 x blocks_per_stage + 2; `width` scales every stage.
 
     The LTH paper prunes it globally, 20% per round: run it with `prune.scope: global`.
-    `paper_conv_rate` is the same 20% for layerwise runs.
+    `paper_conv_rate` is the same 20% for layerwise runs. The output layer is left
+    alone (LTH Figure 2: FC 0%; open_lth ignores `fc.weight`) unless prune.output_rate says otherwise.
     """
 
     paper_conv_rate = 0.2
+    paper_output_factor = 0.0
+    paper_init = "kaiming_normal"  # open_lth's: He et al.'s init for ReLU nets, fan-in mode
     scalable = True
     widths = (16, 32, 64)
     blocks_per_stage = 3

@@ -23,10 +23,13 @@ class VGG(PooledConvNet):
     averaging what is left (2x2 from 32x32 inputs, 1x1 from 28x28) fits any input size.
 
     The LTH paper prunes VGG-19 globally, 20% per round: run it with `prune.scope: global`.
-    `paper_conv_rate` is the same 20% for layerwise runs.
+    `paper_conv_rate` is the same 20% for layerwise runs. The output layer is left
+    alone (LTH Figure 2: FC 0%; open_lth ignores `fc.weight`) unless prune.output_rate says otherwise.
     """
 
     paper_conv_rate = 0.2
+    paper_output_factor = 0.0
+    paper_init = "kaiming_normal"  # open_lth's: He et al.'s init for ReLU nets, fan-in mode
     scalable = True
     depth = 19
 

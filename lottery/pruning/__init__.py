@@ -44,13 +44,19 @@ def learns_scores(strategy):
 
 def layer_rates(model, prune_hp):
     """Per prunable weight (granularity weight) or channel group (channel), the fraction of its
-    remaining weights or channels one round removes. Channel groups all take `prune.rate`."""
+    remaining weights or channels one round removes. Channel groups all take `prune.rate`. A global
+    ranking of weights uses only the output layer's (see `_select`)."""
     if prune_hp.granularity == "channel":
         return {group.name: prune_hp.rate for group in channels.groups(model)}
     conv = prune_hp.conv_rate if prune_hp.conv_rate is not None else model.paper_conv_rate
-    output = prune_hp.output_rate if prune_hp.output_rate is not None else prune_hp.rate / 2
-    by_kind = {"fc": prune_hp.rate, "conv": conv, "output": output}
+    by_kind = {"fc": prune_hp.rate, "conv": conv, "output": output_rate(model, prune_hp)}
     return {name: by_kind[kind] for name, kind in model.prunable_kinds().items()}
+
+
+def output_rate(model, prune_hp):
+    """The output layer's rate per round: prune.output_rate, else the model's paper rule (LeNet and
+    Conv-2/4/6: half of prune.rate; VGG and ResNet: 0, the layer is left alone)."""
+    return prune_hp.output_rate if prune_hp.output_rate is not None else model.paper_output_factor * prune_hp.rate
 
 
 def prune(prune_hp, model, mask, seed, rounds=1, search_inputs=None):
@@ -64,12 +70,15 @@ def prune(prune_hp, model, mask, seed, rounds=1, search_inputs=None):
         return strategy.search(search_inputs, mask, drop, generator)
     if prune_hp.granularity == "weight":
         scores = strategy.weight_scores(model, mask, generator)
-        return _select(prune_hp, scores, mask, layer_rates(model, prune_hp), rounds)
+        # The output layer is never pooled into a global ranking: it goes at its own rate.
+        alone = [name for name, kind in model.prunable_kinds().items() if kind == "output"]
+        return _select(prune_hp, scores, mask, layer_rates(model, prune_hp), rounds, alone)
     channel_groups = channels.groups(model)
     keep = channels.kept(channel_groups, mask)
     scores = strategy.channel_scores(model, channel_groups, generator)
     rates = {group.name: prune_hp.rate for group in channel_groups}
-    protected = _protect_strongest(scores, keep, prune_hp.min_channels, prune_hp.scope)
+    floors = channel_floors(prune_hp, {group.name: group.size for group in channel_groups})
+    protected = _protect_strongest(scores, keep, floors, prune_hp.scope)
     return channels.expand(model, channel_groups, _select(prune_hp, protected, keep, rates, rounds))
 
 
@@ -100,13 +109,22 @@ def check_channel_budget(prune_hp, sizes, rounds):
                     f"channels, below prune.min_channels = {minimum}"
                 )
         return
-    total = sum(sizes.values())
-    crossed = _round_below(total, prune_hp.rate, rounds, minimum * len(sizes))
+    total, floor = sum(sizes.values()), sum(channel_floors(prune_hp, sizes).values())
+    crossed = _round_below(total, prune_hp.rate, rounds, floor)
     if crossed:
         raise PruningError(
-            f"prune.rate = {prune_hp.rate}: round {crossed[0]} would leave {crossed[1]} of {total} channels, "
-            f"fewer than prune.min_channels = {minimum} in each of {len(sizes)} layers"
+            f"prune.rate = {prune_hp.rate}: round {crossed[0]} would leave {crossed[1]} of {total} channels, fewer "
+            f"than the {floor} that prune.min_channels = {minimum} and prune.max_layer_fraction = "
+            f"{prune_hp.max_layer_fraction} keep across {len(sizes)} layers"
         )
+
+
+def channel_floors(prune_hp, sizes):
+    """{group: the fewest channels a global threshold may leave it}, from {group: channels}:
+    prune.min_channels, and the share that prune.max_layer_fraction keeps out of reach."""
+    # round() first: (1 - 0.7) * 10 is 3.0000000000000004, which must not become 4 channels.
+    kept_share = {name: math.ceil(round((1 - prune_hp.max_layer_fraction) * size, 9)) for name, size in sizes.items()}
+    return {name: max(prune_hp.min_channels, share) for name, share in kept_share.items()}
 
 
 def drop_counts(mask, rates, rounds):
@@ -165,21 +183,26 @@ def _round_below(size, rate, rounds, floor):
     return None
 
 
-def _select(prune_hp, scores, keep, rates, rounds):
-    if prune_hp.scope == "global":
-        return _prune_global(scores, keep, _compound(prune_hp.rate, rounds))
-    return {name: _prune_lowest(scores[name], kept, _compound(rates[name], rounds)) for name, kept in keep.items()}
+def _select(prune_hp, scores, keep, rates, rounds, alone=()):
+    """The new keep-masks. Layerwise, each layer loses its own rate; global, one ranking over every
+    layer but those in `alone` takes `prune.rate`, and each of `alone` loses its own rate."""
+    pooled = {name: kept for name, kept in keep.items() if name not in alone} if prune_hp.scope == "global" else {}
+    new = _prune_global(scores, pooled, _compound(prune_hp.rate, rounds)) if pooled else {}
+    for name, kept in keep.items():
+        if name not in pooled:
+            new[name] = _prune_lowest(scores[name], kept, _compound(rates[name], rounds))
+    return {name: new[name] for name in keep}
 
 
-def _protect_strongest(scores, keep, minimum, scope):
-    """Scores with each layer's `minimum` best kept channels raised out of reach, so no layer is
-    pruned below it (a layerwise rate that would cross it is refused up front)."""
+def _protect_strongest(scores, keep, floors, scope):
+    """Scores with each layer's `floors[layer]` best kept channels raised out of reach, so no layer
+    is pruned below it (a layerwise rate that would cross prune.min_channels is refused up front)."""
     if scope == "layerwise":
         return scores
     protected = {}
     for name, score in scores.items():
         candidates = torch.where(keep[name], score.float(), torch.full_like(score.float(), -float("inf")))
-        best = torch.sort(candidates, descending=True, stable=True).indices[:minimum]
+        best = torch.sort(candidates, descending=True, stable=True).indices[: floors[name]]
         protected[name] = score.float().clone()
         protected[name][best] = float("inf")
     return protected

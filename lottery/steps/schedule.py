@@ -9,10 +9,14 @@ def retrain_schedule(hp, model, mask):
     """(train hparams, first iteration) of a round's retraining. init replays the dense run's
     schedule from k; finetune trains at its own constant rate; scratch trains the dense run's
     schedule from 0, stretched for Scratch-B by dense / pruned FLOPs (at most max_budget_factor).
+    Each keeps the sparsity term train.bn_l1 only when train.bn_l1_rounds is 'every'.
     A supermask is the rewind point's weights under the searched mask: its schedule ends where
     it starts, so the branch is only evaluated."""
-    # The sparsity term shapes the dense run that the mask is drawn from, not the retraining.
-    dense_schedule = dataclasses.replace(hp.train, bn_l1=0.0)
+    # One pass of Network Slimming: the sparsity term shapes only the dense run the mask is drawn
+    # from. Its multi-pass scheme (bn_l1_rounds 'every') trains every round with it, so that each
+    # round's mask is drawn from sparsity-trained weights too.
+    repeats_sparsity = hp.train.bn_l1_rounds == "every"
+    dense_schedule = hp.train if repeats_sparsity else dataclasses.replace(hp.train, bn_l1=0.0)
     if hp.searches_supermasks():
         return dataclasses.replace(dense_schedule, iterations=hp.rewind.iteration, milestones=[]), hp.rewind.iteration
     if hp.rewind.target == "init":
