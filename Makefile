@@ -58,6 +58,7 @@ bench: $(VENV)/.installed
 	$(PYTHON) bench/lineage_trust.py
 	$(PYTHON) bench/lth_mnist.py
 	$(PYTHON) bench/structured_fmnist.py
+	$(PYTHON) bench/rethinking_lr.py
 	$(PYTHON) bench/early_bird_fmnist.py
 	$(PYTHON) bench/supermask_mnist.py
 	$(PYTHON) bench/supermask_mnist.py --signs none --widths 1
