@@ -18,26 +18,33 @@ class CropFlip:
     def __init__(self, padding, black):
         self.padding = padding
         self.black = tuple(black)  # per channel, a black pixel in normalised units
-        self._generators = {}
+        self._on_device = {}
 
     def __call__(self, x, seed, iteration, batch_size, rows=slice(None)):
         """`x`: this process's `rows` of an iteration's `batch_size` images (N x C x H x W)."""
-        generator = self._generator(x.device)
+        generator, black, images, planes, down, across = self._constants(x)
         generator.manual_seed(seed * 1_000_003 + iteration)
         span = 2 * self.padding + 1
         offsets = torch.randint(span, (batch_size, 2), generator=generator, device=x.device)[rows]
         mirrored = torch.randint(2, (batch_size, 1), generator=generator, device=x.device, dtype=torch.bool)[rows]
-        count, channels, height, width = x.shape
-        black = torch.tensor(self.black, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        count, _, height, width = x.shape
         padded = F.pad(x - black, (self.padding,) * 4) + black
-        across, down = torch.arange(width, device=x.device), torch.arange(height, device=x.device)
         columns = torch.where(mirrored, width - 1 - across, across) + offsets[:, 1:]
         lines = down + offsets[:, :1]
-        images = torch.arange(count, device=x.device).view(-1, 1, 1, 1)
-        planes = torch.arange(channels, device=x.device).view(1, -1, 1, 1)
         return padded[images, planes, lines.view(count, 1, height, 1), columns.view(count, 1, 1, width)]
 
-    def _generator(self, device):
-        if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device)
-        return self._generators[device]
+    def _constants(self, x):
+        # Made once per device and batch shape: the training loop calls this every iteration, and
+        # a tensor built from Python values there is a host-to-device copy each time.
+        key = (x.device, x.dtype, tuple(x.shape))
+        if key not in self._on_device:
+            count, channels, height, width = x.shape
+            self._on_device[key] = (
+                torch.Generator(device=x.device),
+                torch.tensor(self.black, device=x.device, dtype=x.dtype).view(1, -1, 1, 1),
+                torch.arange(count, device=x.device).view(-1, 1, 1, 1),
+                torch.arange(channels, device=x.device).view(1, -1, 1, 1),
+                torch.arange(height, device=x.device),
+                torch.arange(width, device=x.device),
+            )
+        return self._on_device[key]
