@@ -53,6 +53,7 @@ endif
 	$(PYTHON) -m lottery replicates --seeds $(SEEDS)
 
 bench: $(VENV)/.installed
+	$(PYTHON) tools/bench_data.py
 	$(PYTHON) bench/train_speed.py
 	$(PYTHON) bench/repro_time.py
 	$(PYTHON) bench/lineage_trust.py
@@ -62,6 +63,7 @@ bench: $(VENV)/.installed
 	$(PYTHON) bench/early_bird_fmnist.py
 	$(PYTHON) bench/supermask_mnist.py
 	$(PYTHON) bench/supermask_mnist.py --signs none --widths 1
+	$(PYTHON) bench/factorized.py
 
 clean:
 	rm -rf models metrics/rounds metrics/compression plots/curves mlflow.db mlruns

@@ -131,11 +131,11 @@ def copy_dense_run(dense_dir):
     shutil.copytree(dense_dir / paths.METRICS, paths.METRICS, dirs_exist_ok=True)
 
 
-def enter_workspace(workspace):
+def enter_workspace(workspace, dataset="fashion_mnist"):
     (workspace / "data").mkdir(parents=True, exist_ok=True)
-    link = workspace / "data" / "fashion_mnist"
+    link = workspace / "data" / dataset
     if not link.exists():
-        link.symlink_to(ROOT / "data" / "fashion_mnist")
+        link.symlink_to(ROOT / "data" / dataset)
     os.chdir(workspace)
 
 

@@ -2,7 +2,8 @@
 
 `model` describes the architecture: the registry name, input shape, classes and width, the init
 its fresh weights are drawn by (absent: Glorot), and for a compact model the channels of every
-layer (lottery.channels.shapes). A sparse checkpoint stores
+layer (lottery.channels.shapes), and for a factorized model the rank of each factorized layer
+(lottery.factorize.ranks). A sparse checkpoint stores
 its masked tensors as bitmask + kept values (lottery.compression.pack_state).
 
 A checkpoint holds only what determines it (weights, architecture, round, iteration and the files
@@ -10,7 +11,7 @@ it came from), so its bytes are the same wherever and whenever the same weights 
 params that made it are in dvc.lock (per stage) and in the lineage's MLflow runs.
 """
 
-from lottery import channels, compression, models
+from lottery import channels, compression, factorize, models
 from lottery.io import load_torch, save_torch
 
 
@@ -18,6 +19,9 @@ def save(path, model, *, spec, round_, iteration, parents, sparse_mask=None):
     """`parents`: the files these weights were derived from, so any checkpoint traces its lineage.
     `sparse_mask`: store the masked tensors sparsely, so the file shrinks with the weights remaining."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ranks = factorize.ranks(model)
+    if ranks:  # the architecture saved is the factorized one, whatever spec it came from
+        spec = {**spec, "ranks": ranks}
     payload = {
         "model": spec,
         "round": round_,
@@ -56,16 +60,19 @@ def build(spec, seed=0, fans=None):
     model = models.build(
         spec["name"], spec["input_shape"], spec["num_classes"], seed=seed, width=width, init=init, fans=fans
     )
-    return channels.resize(model, spec["channels"]) if "channels" in spec else model
+    if "channels" in spec:
+        channels.resize(model, spec["channels"])
+    return factorize.restructure(model, spec.get("ranks", {}))
 
 
 def build_for_mask(spec, seed, mask):
     """A fresh draw from the model's init for the network `mask` leaves. A channel mask leaves a
     narrower architecture, and each layer's init sees that architecture's fans (its kept
     channels): Liu et al. train a pruned architecture from its own standard init. A weight mask
-    leaves the architecture as it is."""
+    leaves the architecture as it is, and a factorized one (lottery.factorize) is drawn dense, to be
+    factorized by lottery.factorize.to_mask."""
     model = build(spec, seed=seed)
-    if not channels.is_channel_mask(model, mask):
+    if factorize.ranks_of_mask(mask) or not channels.is_channel_mask(model, mask):
         return model
     return build(spec, seed=seed, fans=channels.kept_fans(model, mask))
 

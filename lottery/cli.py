@@ -5,7 +5,7 @@
   lottery sync                     complete MLflow from this workspace's DVC outputs
   lottery lineage list             the lineages in the tracking store
   lottery lineage show L           one lineage's round table
-  lottery lineage diff A B         params, per-round metrics and mask overlap of two lineages
+  lottery lineage diff A B         params, per-round metrics, mask overlap and ranks of two lineages
   lottery lineage reproduce L      re-run a lineage from its commit and params; do results match?
 """
 
@@ -69,6 +69,9 @@ def format_diff(result):
     lines += ["mask overlap per round and layer:", table(overlap_rows) if overlap_rows else "(no masks reachable)"]
     if unreachable:
         lines.append(f"masks not reachable for rounds {unreachable}")
+    rank_rows = [{"round": r["round"], "layer": layer, **values} for r in result["rounds"] for layer, values in r["ranks"].items()]
+    if rank_rows:  # a factorized lineage ('' where the other is dense there)
+        lines += ["", "ranks per round and layer:", table(rank_rows)]
     for side in ("a", "b"):
         if result[f"rounds_only_in_{side}"]:
             lines.append(f"rounds only in {side}: {result[f'rounds_only_in_{side}']}")

@@ -124,6 +124,7 @@ class TrainHparams(Section):
     warmup_iterations: int  # linear learning-rate warmup from 0 to `lr` over this many iterations
     milestones: list[int]  # iterations at which the learning rate is multiplied by `gamma`
     gamma: float
+    weight_decay: float  # λ of the L2 penalty (λ/2)‖θ‖² on every parameter (factors: see factorize.frobenius_decay)
     bn_l1: float  # λ of the λ·Σ|γ| BatchNorm sparsity term (Network Slimming)
     bn_l1_rounds: str  # dense: the term shapes round 0 only (one pass) | every: each round's retraining too (multi-pass)
     precision: str  # float32 | bfloat16 (autocast of the training forward passes)
@@ -150,6 +151,7 @@ class TrainHparams(Section):
             )
         if not 0 < self.gamma <= 1:
             raise ParamsError(f"train.gamma = {self.gamma!r}: must be in (0, 1]")
+        _at_least("train.weight_decay", self.weight_decay, 0)
         _at_least("train.bn_l1", self.bn_l1, 0)
         _one_of("train.bn_l1_rounds", self.bn_l1_rounds, ("dense", "every"))
         if self.bn_l1_rounds == "every" and not self.bn_l1:
@@ -171,6 +173,7 @@ class TrainHparams(Section):
         unused += ("precision",) if self.precision == "float32" else ()
         unused += ("tf32",) if not self.tf32 else ()
         unused += ("bn_l1_rounds",) if self.bn_l1_rounds == "dense" else ()
+        unused += ("weight_decay",) if not self.weight_decay else ()
         return _fields(self, drop=unused)
 
 
@@ -329,6 +332,16 @@ class WeightAgnosticHparams(Section):
 
 
 @dataclass(frozen=True)
+class FactorizeHparams(Section):
+    enabled: bool  # each round trains a low-rank factorized network storing as many weights as its ticket would
+    spectral_init: bool  # factors of the start weights by truncated SVD (SI) | drawn independently (plain)
+    frobenius_decay: bool  # train.weight_decay on the factors as (λ/2)‖UVᵀ‖²_F (FD) | as (λ/2)(‖U‖² + ‖V‖²)
+
+    def check(self):
+        pass  # booleans: the combinations with other sections are checked in Hparams
+
+
+@dataclass(frozen=True)
 class CompactHparams(Section):
     latency_repeats: int  # timed forward passes per latency figure (their median is reported)
 
@@ -383,6 +396,7 @@ SECTIONS = {
     "early_bird": EarlyBirdHparams,
     "supermask": SupermaskHparams,
     "weight_agnostic": WeightAgnosticHparams,
+    "factorize": FactorizeHparams,
     "compact": CompactHparams,
     "distributed": DistributedHparams,
     "tracking": TrackingHparams,
@@ -391,7 +405,9 @@ SECTIONS = {
 # Sections that do not change what the lineage's tickets are: they stay out of its identity, so
 # adding rounds or controls extends a lineage rather than starting a new one.
 # The number of processes, like the device, is recorded with each run's environment instead.
-NOT_LINEAGE = ("tracking", "report", "rounds", "controls", "compact", "supermask", "weight_agnostic", "distributed")
+# Factorize, like a supermask search, joins the identity only when it is switched on (Hparams.identity),
+# so the names of lineages from before the section existed stay.
+NOT_LINEAGE = ("tracking", "report", "rounds", "controls", "compact", "supermask", "weight_agnostic", "distributed", "factorize")
 IDENTITY_SECTIONS = tuple(name for name in SECTIONS if name not in NOT_LINEAGE)
 
 
@@ -407,6 +423,7 @@ class Hparams:
     early_bird: EarlyBirdHparams
     supermask: SupermaskHparams
     weight_agnostic: WeightAgnosticHparams
+    factorize: FactorizeHparams
     compact: CompactHparams
     distributed: DistributedHparams
     rounds: int  # pruning rounds after the dense round 0
@@ -445,6 +462,8 @@ class Hparams:
             self._check_channels()
         if self.searches_supermasks():
             self._check_supermask()
+        if self.factorize.enabled:
+            self._check_factorize()
 
     def _check_early_bird(self):
         # prune@1 must draw the very mask the search drew: Network Slimming's, at the same ratio.
@@ -520,6 +539,38 @@ class Hparams:
         if self.supermask.weight_agnostic and not self.weight_agnostic.values:
             raise ParamsError("supermask.weight_agnostic = true: draws its shared weights from weight_agnostic.values, which is []")
 
+    def _check_factorize(self):
+        # A factorized round stores as many weights as the round's weight-pruned ticket would keep
+        # (pruning.kept_weights); what only applies to masks is refused rather than ignored.
+        needs = {
+            "prune.granularity": (self.prune.granularity, "weight", "it matches the weights a weight-pruned ticket keeps"),
+            "controls.run": (self.controls.run, [], "the controls retrain a mask's sparsity pattern"),
+            "weight_agnostic.values": (self.weight_agnostic.values, [], "it evaluates masks of θ0's weights"),
+        }
+        for key, (value, wanted, reason) in needs.items():
+            if value != wanted:
+                raise ParamsError(f"{key} = {value!r}: factorize.enabled trains factorized layers and {reason}; use {wanted!r}")
+        if self.searches_supermasks():
+            raise ParamsError(f"prune.strategy = {self.prune.strategy!r}: searches a mask; factorize.enabled trains factorized layers")
+        if self.rewind.target == "finetune" and not self.factorize.spectral_init:
+            raise ParamsError(
+                "factorize.spectral_init = false: rewind.target 'finetune' factorizes the trained weights by truncated SVD; "
+                "plain factors would discard them (use 'init' or 'scratch')"
+            )
+        if self.rewind.target == "scratch" and self.rewind.scratch_budget == "flops":
+            raise ParamsError("rewind.scratch_budget = 'flops': Scratch-B stretches a mask's budget; use 'same' with factorize.enabled")
+        self._check_factorized_rounds()
+
+    def _check_factorized_rounds(self):
+        from lottery import factorize, pruning
+
+        model = self._model()
+        target = pruning.kept_weights(self.prune, model, self.rounds, seed=0)
+        try:
+            factorize.matched_ranks(model, target)
+        except ValueError as err:
+            raise ParamsError(f"prune.rate = {self.prune.rate}: round {self.rounds}'s ticket keeps {err}") from None
+
     def _model(self):
         """A model of these params (seed 0), for the checks that depend on its layers."""
         from lottery import data, models
@@ -542,8 +593,11 @@ class Hparams:
         """The params that determine the results, typed: the seed and each section's identity; the
         sections in NOT_LINEAGE (and keys a section drops) do not change what is computed, except
         that a supermask search's settings (and the shared weights a weight-agnostic search draws)
-        shape its masks."""
+        shape its masks, and factorize's shape a factorized lineage."""
         tree = {"seed": self.seed, **{name: getattr(self, name).identity() for name in IDENTITY_SECTIONS}}
+        if self.factorize.enabled:
+            # Without weight decay, Frobenius decay has no decay to replace: the same lineage either way.
+            tree["factorize"] = self.factorize.identity() if self.train.weight_decay else {"spectral_init": self.factorize.spectral_init}
         if self.searches_supermasks():
             tree["supermask"] = self.supermask.identity()
             if self.supermask.weight_agnostic:

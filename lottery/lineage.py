@@ -25,6 +25,10 @@ ROUND_METRICS = (
     "weight_agnostic_mean_accuracy",
     "weight_agnostic_best_accuracy",
 )
+# compact@r's deterministic figures, shown and diffed beside them (latency is a measurement: it
+# would differ run to run). `reproduce` checks the round metrics files' ROUND_METRICS alone.
+COMPRESSION_METRICS = ("compression.parameter_ratio", "compression.flops_speedup")
+SHOWN_METRICS = ROUND_METRICS + COMPRESSION_METRICS
 KEY_PARAMS = ("model.name", "data.dataset", "prune.strategy", "prune.rate", "rewind.iteration", "seed")
 
 
@@ -49,7 +53,13 @@ class LineageRecord:
 
     def metrics(self, round_, control=None):
         run = self.branches.get((round_, control))
-        return {key: run.data.metrics.get(key) for key in ROUND_METRICS} if run else None
+        return {key: run.data.metrics.get(key) for key in SHOWN_METRICS} if run else None
+
+    def ranks(self, round_):
+        """A factorized round's {layer: rank} (its prune@r `rank.<layer>` params); {} for a mask."""
+        run = self.branches.get((round_, None))
+        params = run.data.params if run else {}
+        return {key.removeprefix("rank."): int(value) for key, value in params.items() if key.startswith("rank.")}
 
 
 class Store:
@@ -141,11 +151,15 @@ def summary_row(lineage):
 
 
 def round_table(lineage):
-    """Per round: the ticket's metrics, and each control's test accuracy at early stop."""
+    """Per round: the ticket's metrics (a factorized round's ranks too), and each control's test
+    accuracy at early stop."""
     controls = sorted({control for _, control in lineage.branches if control})
     rows = []
     for round_ in lineage.rounds:
         row = {"round": round_, **lineage.metrics(round_)}
+        ranks = lineage.ranks(round_)
+        if ranks:
+            row["ranks"] = " ".join(f"{layer}:{rank}" for layer, rank in ranks.items())
         for control in controls:
             control_metrics = lineage.metrics(round_, control)
             row[f"{control}.test_accuracy_at_early_stop"] = (
@@ -171,7 +185,8 @@ def mask_overlap(mask_a, mask_b):
 
 
 def diff(store, a, b):
-    """Params that differ; per round, metrics side by side with deltas and per-layer mask overlap."""
+    """Params that differ; per round, metrics side by side with deltas, per-layer mask overlap, and
+    per-layer ranks where either lineage is factorized."""
     params_a, params_b = a.parent.data.params, b.parent.data.params
     params = {
         key: {"a": params_a.get(key), "b": params_b.get(key)}
@@ -183,11 +198,13 @@ def diff(store, a, b):
     for round_ in sorted(set(a.rounds) & set(b.rounds)):
         metrics_a, metrics_b = a.metrics(round_), b.metrics(round_)
         row = {"round": round_, "metrics": {}}
-        for key in ROUND_METRICS:
+        for key in SHOWN_METRICS:
             va, vb = metrics_a[key], metrics_b[key]
             row["metrics"][key] = {"a": va, "b": vb, "delta": None if va is None or vb is None else vb - va}
         mask_a, mask_b = store.mask(a, round_), store.mask(b, round_)
         row["masks"] = mask_overlap(mask_a, mask_b) if mask_a is not None and mask_b is not None else None
+        ranks_a, ranks_b = a.ranks(round_), b.ranks(round_)
+        row["ranks"] = {layer: {"a": ranks_a.get(layer), "b": ranks_b.get(layer)} for layer in sorted({*ranks_a, *ranks_b})}
         rounds.append(row)
     return {
         "a": a.parent.info.run_id,

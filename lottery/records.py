@@ -69,13 +69,16 @@ def trained(hp, round_, control=None):
 
 
 def pruned(hp, round_):
-    """prune@r: the method, the per-layer rates, the weights remaining, the mask."""
+    """prune@r: the method, the per-layer rates (or a factorized round's ranks and rank scale), the
+    weights remaining, the mask."""
     sparsity = read_json(paths.sparsity_report(round_))
-    params = {"round": round_, **sparsity["method"], **{f"rate.{name}": rate for name, rate in sparsity["rates"].items()}}
+    layers = {f"rate.{name}": rate for name, rate in sparsity.get("rates", {}).items()}
+    layers.update({f"rank.{name}": rank for name, rank in sparsity.get("ranks", {}).items()})
+    scalars = {key: sparsity[key] for key in ("weights_remaining", "rank_scale") if key in sparsity}
     return Record(
         branch_run(round_),
-        params=params,
-        metrics={"weights_remaining": sparsity["weights_remaining"]},
+        params={"round": round_, **sparsity["method"], **layers},
+        metrics=scalars,
         tags=_stage_tag(f"prune@{round_}"),
         artifacts=[paths.mask(round_), paths.sparsity_report(round_)],
     )

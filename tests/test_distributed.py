@@ -54,7 +54,7 @@ def test_two_gloo_processes_train_exactly_the_sharded_gradient_of_one_process(re
     hp = hparams.load(parallel / "params.yaml")
     model, _ = checkpoints.load_model(parallel / paths.init_checkpoint())
     train = data.load(hp.data, mnist_root).train
-    optimizer = training.make_optimizer(hp.train, model.parameters())
+    optimizer = training.make_optimizer(hp.train, model)
     order = data.batches(hp.seed, len(train), hp.train.batch_size, 0, torch.device("cpu"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

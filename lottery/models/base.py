@@ -19,6 +19,19 @@ def batchnorm_scales(model):
     return [module.weight for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
 
 
+@torch.no_grad()
+def draw_layer(layer, generator, init, fans=None):
+    """A Linear or Conv2d layer's weights drawn by `init` (PrunableModel.reset_parameters) from
+    `generator`, with its own (fan_in, fan_out) unless `fans` gives others; its bias zeroed."""
+    fan_in, fan_out = fans or nn.init._calculate_fan_in_and_fan_out(layer.weight)
+    variance = 2.0 / (fan_in + fan_out) if init == "glorot" else 2.0 / fan_in
+    layer.weight.normal_(0.0, variance**0.5, generator=generator)
+    if init == "signed_kaiming_constant":
+        layer.weight.copy_(layer.weight.sign() * variance**0.5)
+    if layer.bias is not None:
+        layer.bias.zero_()
+
+
 class PrunableModel(nn.Module):
     """A classifier whose Linear and Conv2d weights are prunable; biases and BN never are."""
 
@@ -54,14 +67,7 @@ class PrunableModel(nn.Module):
         fans = fans or {}
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
-                fan_in, fan_out = fans.get(f"{name}.weight") or nn.init._calculate_fan_in_and_fan_out(module.weight)
-                variance = 2.0 / (fan_in + fan_out) if init == "glorot" else 2.0 / fan_in
-                with torch.no_grad():
-                    module.weight.normal_(0.0, variance**0.5, generator=generator)
-                    if init == "signed_kaiming_constant":
-                        module.weight.copy_(module.weight.sign() * variance**0.5)
-                    if module.bias is not None:
-                        module.bias.zero_()
+                draw_layer(module, generator, init, fans.get(f"{name}.weight"))
             elif isinstance(module, nn.BatchNorm2d):
                 module.reset_parameters()
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lottery import channels
+from lottery import channels, masks
 from lottery.errors import UserError
 from lottery.registry import Registry
 
@@ -80,6 +80,17 @@ def prune(prune_hp, model, mask, seed, rounds=1, search_inputs=None):
     floors = channel_floors(prune_hp, {group.name: group.size for group in channel_groups})
     protected = _protect_strongest(scores, keep, floors, prune_hp.scope)
     return channels.expand(model, channel_groups, _select(prune_hp, protected, keep, rates, rounds))
+
+
+def kept_weights(prune_hp, model, round_, seed):
+    """How many prunable weights round r's ticket keeps: `prune` run on `model`'s own weights as
+    the pipeline runs it (r rounds of one, or one of r for a one-shot schedule). The count depends
+    only on the counts before it, not on which weights the scores pick, so any weights do."""
+    mask = masks.ones(model)
+    steps = [1] * round_ if prune_hp.schedule == "iterative" else [round_]
+    for rounds in steps:
+        mask = prune(prune_hp, model, mask, seed, rounds=rounds)
+    return sum(int(keep.sum()) for keep in mask.values())
 
 
 def mean_channel_scores(model, channel_groups, layer_types, score, strategy):

@@ -2,7 +2,7 @@
 
 import torch
 
-from lottery import channels, checkpoints, compression, devices, masks, paths, provenance, records, tracking
+from lottery import channels, checkpoints, compression, devices, factorize, masks, paths, provenance, records, tracking
 from lottery.io import write_json
 from lottery.steps.common import model_spec, save_weights, test_split
 
@@ -12,19 +12,21 @@ LATENCY_BATCHES = (1, 64)
 
 
 def compact(hp, round_):
-    """A channel mask's pruned channels removed from every layer (a smaller dense model), or a weight
-    mask's ticket stored sparse. Checked to compute what the masked model computes, then measured
-    against the dense model of round 0."""
+    """A channel mask's pruned channels removed from every layer (a smaller dense model), a weight
+    mask's ticket stored sparse, or a factorized network as it is (its small dense layers). Checked
+    to compute what the masked model computes, then measured against the dense model of round 0."""
     model, checkpoint = checkpoints.load_model(paths.trained_weights(round_))
     mask = masks.load(paths.mask(round_), model)
     model.eval()
     probe = test_split(hp).x[:256]
     if channels.is_channel_mask(model, mask):
-        shipped, sparse_mask = channels.compact(model, mask), None
+        form, shipped, sparse_mask = "channels_removed", channels.compact(model, mask), None
         spec = model_spec(hp, compact_of=shipped)
         _check_equivalent(model, shipped, probe, round_)  # the cut model, before it is saved
+    elif factorize.ranks(model):  # already its small dense layers, every weight kept
+        form, shipped, sparse_mask, spec = "factorized", model, None, checkpoint["model"]
     else:  # the masked model itself is shipped, as a sparse file: the file is what to check
-        shipped, sparse_mask, spec = model, mask, checkpoint["model"]
+        form, shipped, sparse_mask, spec = "sparse_file", model, mask, checkpoint["model"]
     save_weights(
         paths.compact_model(round_),
         shipped,
@@ -38,17 +40,19 @@ def compact(hp, round_):
     loaded, _ = checkpoints.load_model(paths.compact_model(round_))
     difference = _check_equivalent(model, loaded.eval(), probe, round_)
     dense, _ = checkpoints.load_model(paths.trained_weights(0))
-    measured = compression_report(hp, round_, dense, loaded, mask, sparse_mask is None)
+    measured = compression_report(hp, round_, dense, loaded, mask, form)
     measured["max_abs_difference"] = difference
     write_json(paths.compression_report(round_), measured)
     tracking.publish(hp, records.compacted(hp, round_))
 
 
-def compression_report(hp, round_, dense, shipped, mask, structured):
+def compression_report(hp, round_, dense, shipped, mask, form):
     """Parameters, FLOPs, bytes on disk and median latency on `train.device` (batch 1 and 64; the
     two models timed in turn) of the dense model and the shipped one, with the FLOPs speedup
-    beside the measured ones, and the device that was timed."""
+    beside the measured ones, and the device that was timed. `form`: how the model is shipped,
+    channels_removed | factorized | sparse_file (only this one runs the mask)."""
     input_shape = dense.input_shape
+    structured = form != "sparse_file"
     # A sparse file stores only the kept values of its masked tensors.
     pruned = 0 if structured else sum(keep.numel() - int(keep.sum()) for keep in mask.values())
     dense_figures = {
@@ -70,7 +74,7 @@ def compression_report(hp, round_, dense, shipped, mask, structured):
             figures[f"latency_ms_batch_{batch}"] = 1000 * seconds
     report_ = {
         "round": round_,
-        "form": "channels_removed" if structured else "sparse_file",
+        "form": form,
         "latency_device": provenance.device_name(device),
         "dense": dense_figures,
         "compact": compact_figures,

@@ -1,13 +1,15 @@
 """evaluate@r (and round 0 in train, a control in its own stage): a branch's metrics."""
 
-from lottery import checkpoints, curves, devices, masks, paths, records, tracking, training, weight_agnostic
+from lottery import checkpoints, curves, devices, factorize, masks, paths, records, tracking, training, weight_agnostic
 from lottery.io import read_json, write_json, write_text
 from lottery.steps.common import test_split
 
 
 def evaluate(hp, round_, test=None, control=None):
     """Round r's metrics (or a control's): test accuracy and loss, early stopping, sparsity, and
-    the mask's weight-agnostic accuracies (params weight_agnostic; signs from the lineage's θ0)."""
+    the mask's weight-agnostic accuracies (params weight_agnostic; signs from the lineage's θ0).
+    A factorized round's weights remaining count its factors against the dense layers, and it
+    reports each factorized layer's rank."""
     model, _ = checkpoints.load_model(paths.trained_weights(round_, control))
     mask = masks.load(paths.mask(round_, control), model)
     check_pruned_weights_are_zero(model, mask)
@@ -15,13 +17,15 @@ def evaluate(hp, round_, test=None, control=None):
     test = (test or test_split(hp)).to(device)
     test_loss, test_accuracy = training.evaluate(model.to(device), test)
     log = read_json(paths.training_log(round_, control))
-    sparsity = masks.sparsity_report(mask, model.prunable_kinds())
+    sparsity = factorize.sparsity_report(model, mask)
+    ranks = factorize.ranks(model)
     metrics = {
         "round": round_,
         "weights_remaining": sparsity["weights_remaining"],
         "weights_remaining_per_layer": {n: layer["weights_remaining"] for n, layer in sparsity["layers"].items()},
         "final_test_accuracy": test_accuracy,
         "final_test_loss": test_loss,
+        **({"ranks_per_layer": ranks} if ranks else {}),
         **log["summary"],
         **_weight_agnostic(hp, model, mask, test, device),
     }

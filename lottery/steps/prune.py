@@ -1,6 +1,6 @@
-"""prune@r: round r's mask."""
+"""prune@r: round r's mask (for a factorized lineage, the mask of its factorized architecture)."""
 
-from lottery import checkpoints, early_bird, masks, paths, pruning, records, tracking
+from lottery import checkpoints, early_bird, factorize, masks, paths, pruning, records, tracking
 from lottery.io import read_json, write_json
 from lottery.steps.common import pruned_from, splits
 
@@ -8,7 +8,27 @@ from lottery.steps.common import pruned_from, splits
 def prune(hp, round_):
     """Round r-1's mask less p% of its remaining weights (iterative), or the dense network pruned
     at once to round r's sparsity (oneshot). sparsity.json also records the method and the
-    per-layer rates, which become the round's MLflow params."""
+    per-layer rates, which become the round's MLflow params.
+
+    With factorize.enabled, the round's network is factorized instead, at ranks whose factors
+    store at most as many weights as the round's ticket would keep (factorize.matched_ranks); its
+    mask keeps every factor weight and names the ranks (lottery.factorize)."""
+    mask, sparsity = _factorized(hp, round_) if hp.factorize.enabled else _pruned(hp, round_)
+    sparsity["method"] = {
+        "prune.strategy": hp.prune.strategy,
+        "prune.scope": hp.prune.scope,
+        "prune.schedule": hp.prune.schedule,
+        "prune.granularity": hp.prune.granularity,
+        "rewind.target": hp.rewind.target,
+        "rewind.iteration": hp.rewind.iteration,
+        **{f"factorize.{key}": value for key, value in hp.identity().get("factorize", {}).items()},
+    }
+    masks.save(mask, paths.mask(round_))
+    write_json(paths.sparsity_report(round_), sparsity)
+    tracking.publish(hp, records.pruned(hp, round_))
+
+
+def _pruned(hp, round_):
     source = pruned_from(hp, round_)
     trained, _ = checkpoints.load_model(paths.trained_weights(source))
     previous = masks.load(paths.mask(source), trained)
@@ -19,17 +39,19 @@ def prune(hp, round_):
         _check_early_bird_mask(trained, mask)
     sparsity = masks.sparsity_report(mask, trained.prunable_kinds())
     sparsity["rates"] = pruning.layer_rates(trained, hp.prune)
-    sparsity["method"] = {
-        "prune.strategy": hp.prune.strategy,
-        "prune.scope": hp.prune.scope,
-        "prune.schedule": hp.prune.schedule,
-        "prune.granularity": hp.prune.granularity,
-        "rewind.target": hp.rewind.target,
-        "rewind.iteration": hp.rewind.iteration,
-    }
-    masks.save(mask, paths.mask(round_))
-    write_json(paths.sparsity_report(round_), sparsity)
-    tracking.publish(hp, records.pruned(hp, round_))
+    return mask, sparsity
+
+
+def _factorized(hp, round_):
+    # The ticket's count needs the dense architecture, which the rewind point always has.
+    dense, _ = checkpoints.load_model(paths.rewind_point())
+    ticket_weights = pruning.kept_weights(hp.prune, dense, round_, seed=hp.seed + round_)
+    scale, ranks = factorize.matched_ranks(dense, ticket_weights)
+    structure = factorize.restructure(dense, ranks)
+    mask = masks.ones(structure)
+    sparsity = factorize.sparsity_report(structure, mask)
+    sparsity.update(ranks=ranks, rank_scale=scale, ticket_weights=ticket_weights)
+    return mask, sparsity
 
 
 def _search_inputs(hp):

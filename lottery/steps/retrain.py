@@ -11,7 +11,9 @@ def retrain(hp, round_):
     model, _ = checkpoints.load_model(paths.start_weights(round_))
     mask = masks.load(paths.mask(round_), model)
     schedule, start_iteration = retrain_schedule(hp, model, mask)
-    result = training.train(model, mask, splits(hp), schedule, hp.seed, start_iteration=start_iteration)
+    result = training.train(
+        model, mask, splits(hp), schedule, hp.seed, start_iteration=start_iteration, frobenius_decay=hp.factorize.frobenius_decay
+    )
     save_training(
         hp, round_, model, result, parents=[paths.start_weights(round_), paths.mask(round_)], iterations=schedule.iterations
     )
