@@ -45,9 +45,11 @@ from pathlib import Path
 
 import yaml
 
-from structured_fmnist import RESULTS, ROOT, copy_dense_run, enter_workspace, fresh_workdir, parse_seeded_args, run_seeds
+from structured_fmnist import (
+    RESULTS, ROOT, copy_dense_run, enter_workspace, fresh_workdir, interleaved_latency, parse_seeded_args, run_seeds
+)
 
-from lottery import channels, checkpoints, compression, factorize, hparams, masks, models, paths, pipeline, pruning  # noqa: E402
+from lottery import channels, checkpoints, factorize, hparams, masks, models, paths, pipeline, pruning  # noqa: E402
 from lottery import records, report, tracking  # noqa: E402
 from lottery.io import read_json, write_json, write_text  # noqa: E402
 
@@ -231,12 +233,7 @@ def measure_latency(top, setup):
             continue
         for workspace, round_ in by_ratio.values():
             shipped[(workspace, round_)] = checkpoints.load_model(top / workspace / paths.compact_model(round_))[0]
-    samples = {key: {1: [], 64: []} for key in shipped}
-    for _ in range(LATENCY_ROUNDS):
-        for key, model in shipped.items():
-            for batch in (1, 64):
-                samples[key][batch].append(1000 * compression.latency(model.eval(), model.input_shape, batch, repeats=10))
-    return {key: {batch: statistics.median(times) for batch, times in by_batch.items()} for key, by_batch in samples.items()}
+    return interleaved_latency(shipped, LATENCY_ROUNDS)
 
 
 def full_width_latency():
@@ -249,12 +246,7 @@ def full_width_latency():
     for ratio in RATIOS:
         _, ranks = factorize.matched_ranks(dense, round(ratio * total))
         timed[f"factorized {100 * ratio:g}%"] = factorize.factorize(copy.deepcopy(dense), ranks).eval()
-    samples = {key: {1: [], 64: []} for key in timed}
-    for _ in range(LATENCY_ROUNDS):
-        for key, model in timed.items():
-            for batch in (1, 64):
-                samples[key][batch].append(1000 * compression.latency(model, (1, 28, 28), batch, repeats=5))
-    return {key: {batch: statistics.median(times) for batch, times in by_batch.items()} for key, by_batch in samples.items()}
+    return interleaved_latency(timed, LATENCY_ROUNDS, passes=5)
 
 
 def full_width_table(latency):

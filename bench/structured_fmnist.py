@@ -148,11 +148,18 @@ def measure_latency(workdir, seeds, repeats):
         for branch in BRANCHES:
             path = workdir / f"seed_{seed}" / branch / paths.compact_model(1)
             models[(seed, branch)] = checkpoints.load_model(path)[0]
+    return interleaved_latency(models, repeats)
+
+
+def interleaved_latency(models, rounds, passes=10):
+    """{key: {batch: median ms}} of each of {key: model} at batch 1 and 64: `rounds` times, every
+    model in turn takes compression.latency's median of `passes` forward passes, and the median
+    over the rounds is kept."""
     samples = {key: {1: [], 64: []} for key in models}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for key, model in models.items():
             for batch in (1, 64):
-                samples[key][batch].append(1000 * compression.latency(model, model.input_shape, batch, repeats=10))
+                samples[key][batch].append(1000 * compression.latency(model, model.input_shape, batch, repeats=passes))
     return {key: {batch: statistics.median(times) for batch, times in by_batch.items()} for key, by_batch in samples.items()}
 
 

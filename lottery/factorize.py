@@ -317,19 +317,23 @@ def sparsity_report(model, mask):
     return {"layers": per_layer, "weights": total, "kept": kept, "weights_remaining": kept / total}
 
 
+def factorized_layers(model):
+    """The model's factorized layers, in order."""
+    return [layer for layer in layers(model).values() if isinstance(layer, Factorized)]
+
+
 def factor_parameters(model):
     """The factors' weights: Frobenius decay replaces plain weight decay on them."""
-    return [param for layer in layers(model).values() if isinstance(layer, Factorized) for param in (layer.inner.weight, layer.outer.weight)]
+    return [param for layer in factorized_layers(model) for param in (layer.inner.weight, layer.outer.weight)]
 
 
 @torch.no_grad()
-def add_frobenius_decay_gradient(model, strength):
-    """Add the gradient of Frobenius decay, (strength/2)·‖UVᵀ‖²_F, to each factor's gradient:
+def add_frobenius_decay_gradient(factorized, strength):
+    """Add the gradient of Frobenius decay, (strength/2)·‖UVᵀ‖²_F, to each factor's gradient of the
+    `factorized` layers (factorized_layers, found once per training rather than every step):
     strength·U(VᵀV) for U and strength·V(UᵀU) for V. Built from r×r products, it never forms the
     m×n matrix UVᵀ."""
-    for layer in layers(model).values():
-        if not isinstance(layer, Factorized):
-            continue
+    for layer in factorized:
         u, v = layer.factors()
         layer.outer.weight.grad.add_(layer.outer_weight(u @ (v.T @ v)), alpha=strength)
         layer.inner.weight.grad.add_(layer.inner_weight(v @ (u.T @ u)), alpha=strength)

@@ -77,12 +77,10 @@ def make_optimizer(train_hp, model, frobenius_decay=False):
 def parameter_groups(weight_decay, model, frobenius_decay):
     if not weight_decay:
         return model.parameters()
-    factors = {id(param) for param in factorize.factor_parameters(model)} if frobenius_decay else set()
-    plain = [param for param in model.parameters() if id(param) not in factors]
-    groups = [{"params": plain, "weight_decay": weight_decay}]
-    if factors:
-        groups.append({"params": [p for p in model.parameters() if id(p) in factors], "weight_decay": 0.0})
-    return groups
+    factors = factorize.factor_parameters(model) if frobenius_decay else []
+    chosen = {id(param) for param in factors}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in chosen], "weight_decay": weight_decay}]
+    return groups + ([{"params": factors, "weight_decay": 0.0}] if factors else [])
 
 
 @torch.no_grad()
@@ -153,7 +151,8 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
     # faster than bool ones.
     masked = [(params[name], keep.to(device, torch.float32)) for name, keep in mask.items() if not bool(keep.all())]
     optimizer = make_optimizer(train_hp, model, frobenius_decay)
-    frobenius = train_hp.weight_decay if frobenius_decay and factorize.factor_parameters(model) else 0.0
+    # Found once: the hot path below only adds their gradients.
+    factorized = factorize.factorized_layers(model) if frobenius_decay and train_hp.weight_decay else []
     net = distributed.wrap(model, device) if distributed.active() else model
     scales = batchnorm_scales(model) if train_hp.bn_l1 else None
     batch, size = train_hp.batch_size, len(splits.train)
@@ -200,8 +199,8 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
             loss.backward()
             if scales:
                 add_batchnorm_l1_gradient(scales, train_hp.bn_l1)
-            if frobenius:
-                factorize.add_frobenius_decay_gradient(model, frobenius)
+            if factorized:
+                factorize.add_frobenius_decay_gradient(factorized, train_hp.weight_decay)
             if masked:
                 _mask_gradients(masked)
             optimizer.step()

@@ -94,7 +94,7 @@ def test_the_frobenius_decay_gradient_equals_autograds():
     expected = torch.autograd.grad(penalty, factorize.factor_parameters(model))
     for param in model.parameters():
         param.grad = torch.zeros_like(param)
-    factorize.add_frobenius_decay_gradient(model, strength)
+    factorize.add_frobenius_decay_gradient(factorize.factorized_layers(model), strength)
     for param, wanted in zip(factorize.factor_parameters(model), expected):
         assert torch.allclose(param.grad, wanted, rtol=1e-5, atol=1e-7)
         assert wanted.abs().max() > 0
