@@ -66,4 +66,4 @@ bench: $(VENV)/.installed
 	$(PYTHON) bench/factorized.py
 
 clean:
-	rm -rf models metrics/rounds metrics/compression plots/curves mlflow.db mlruns
+	rm -rf models metrics/rounds metrics/compression plots/curves mlflow.db mlruns .lottery

@@ -26,7 +26,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Use this checkout's package, whichever checkout the editable install points at.
 sys.path.insert(0, str(ROOT))
 
-from lottery import data, models  # noqa: E402
+from lottery import data, hparams, models  # noqa: E402
 
 LR = 0.0012
 BATCH = 60
@@ -86,9 +85,14 @@ def initial_weights(seed):
 
 
 def load_splits(root, device):
-    hp = SimpleNamespace(dataset="mnist", validation_size=VALIDATION_SIZE, train_subset=0, test_subset=0)
+    # data.load caches by its params section, so it takes the real (hashable) one; MNIST has no augmentation.
+    hp = hparams.DataHparams(
+        dataset="mnist", source="local", local_root=str(root), validation_size=VALIDATION_SIZE,
+        train_subset=0, test_subset=0, augmentation="none",
+    )  # fmt: skip
     splits = data.load(hp, root)
-    return {name: (split.x.to(device), split.y.to(device)) for name, split in vars(splits).items()}
+    parts = {name: getattr(splits, name) for name in ("train", "validation", "test")}
+    return {name: (part.x.to(device), part.y.to(device)) for name, part in parts.items()}
 
 
 def batch_order(seed, epoch, size):

@@ -81,8 +81,8 @@ def format_diff(result):
 def _store(args):
     from lottery import lineage, tracking
 
-    hp = hparams.load(args.params)
-    return lineage.Store(args.uri or tracking.tracking_uri(hp.tracking), args.experiment or hp.tracking.experiment)
+    tracking_hp = hparams.load_section("tracking", args.params)  # the store alone: see hparams.load_section
+    return lineage.Store(args.uri or tracking.tracking_uri(tracking_hp), args.experiment or tracking_hp.experiment)
 
 
 def _emit(args, data, text):

@@ -8,15 +8,28 @@ one-process step up to the order of float additions. BatchNorm computes its stat
 whole batch (SyncBatchNorm), evaluations are split across the ranks and summed, and the
 Early-Bird stop is rank 0's decision. Only rank 0 writes: the other ranks (followers) leave the
 stage when training ends, before anything is saved or logged.
+
+No rank outlives the stage process that launched it (`launch`, `start`): torchrun alone would let
+them run on, each in a session of its own, when it is killed outright.
 """
 
 import copy
+import ctypes
 import os
+import secrets
+import signal
 import subprocess
 import sys
+import time
 
 import torch
 from torch import nn
+
+# How long stopped ranks have to unwind (a half-written file removed) before they are killed.
+STOP_GRACE_S = 5.0
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_LIBC = ctypes.CDLL(None, use_errno=True)  # prctl: Linux's process controls
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 
 
 class FollowerDone(Exception):
@@ -66,15 +79,98 @@ def torchrun_command(distributed_hp, module, argv, run_id):
     return [*command, "-m", module, *argv]
 
 
-def launch(distributed_hp, module, argv, run_id):
-    """Run the stage under torchrun (printing the command, which other nodes run too); its exit status."""
-    command = torchrun_command(distributed_hp, module, argv, run_id)
+def launch(distributed_hp, module, argv, name):
+    """Run the stage under torchrun (printing the command, which other nodes run too); its exit status.
+
+    The rendezvous id is `name` and a random part, new at every launch: two experiments that meet
+    at one rendezvous endpoint never join each other's ranks, and the other nodes of this one get
+    the id from the printed command.
+
+    Stops: whatever ends the wait here (SIGINT or SIGTERM, which lottery.stage raises as an
+    exception) ends torchrun and every rank before this returns (`_end`). torchrun runs in a
+    session of its own, so a terminal's Ctrl-C reaches it through this process only; if this
+    process is killed outright, the kernel sends torchrun SIGTERM, and torchrun stops its ranks.
+
+    The stop signals wait (blocked) while torchrun starts, since Python would run their handler
+    in Popen's fork hooks, where an exception is printed and dropped, and while `_end` runs, so
+    that a second Ctrl-C cannot break it off; they come as soon as they are let through."""
+    command = torchrun_command(distributed_hp, module, argv, f"{name}-{secrets.token_hex(6)}")
     print("distributed: " + " ".join(command), file=sys.stderr, flush=True)
-    return subprocess.run(command).returncode
+    _LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # ranks whose torchrun ends come to this process
+    launcher, torchrun = os.getpid(), None
+    let_through = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        torchrun = subprocess.Popen(
+            command, start_new_session=True, preexec_fn=lambda: _start_torchrun(launcher, let_through)
+        )
+        signal.pthread_sigmask(signal.SIG_SETMASK, let_through)
+        return torchrun.wait()
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        _end(torchrun)
+        signal.pthread_sigmask(signal.SIG_SETMASK, let_through)
+
+
+def _start_torchrun(launcher, let_through):
+    """In the fork that becomes torchrun: SIGTERM when the launcher ends; its signals as the launcher's were."""
+    _signal_when_parent_ends(signal.SIGTERM, launcher)
+    signal.pthread_sigmask(signal.SIG_SETMASK, let_through)
+
+
+def _end(torchrun):
+    """torchrun ended, then every process it leaves behind: its ranks, which became this process's
+    children when it ended (a subreaper), get SIGTERM and, after STOP_GRACE_S, SIGKILL. torchrun is
+    killed, not sent SIGTERM: on SIGTERM it prints a traceback and waits up to 30 s for its ranks.
+    (`torchrun` None: Popen failed; a torchrun it started is one of the children then.)"""
+    if torchrun is not None and torchrun.poll() is None:
+        torchrun.kill()
+        torchrun.wait()
+    left = _children()
+    for pid in left:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [pid for pid in left if not _reaped(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def _children():
+    """The pids of this process's children (from /proc: the kernel's children lists are not always built in)."""
+    found = []
+    for pid in (int(name) for name in os.listdir("/proc") if name.isdigit()):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])  # field 4; the name (2) may hold spaces
+        except OSError:
+            continue  # a process that has just ended
+        if parent == os.getpid():
+            found.append(pid)
+    return found
+
+
+def _reaped(pid):
+    """Whether child `pid` has ended (and is collected now, or was already)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return True
+
+
+def _signal_when_parent_ends(number, parent=None):
+    """Have the kernel send this process signal `number` when its parent ends (PR_SET_PDEATHSIG,
+    which outlives exec). `parent`: the pid the parent had; if it has ended already, exit now."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, number, 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def start(device):
-    """Join the process group torchrun set up: NCCL between GPUs, Gloo between CPU processes."""
+    """Join the process group torchrun set up: NCCL between GPUs, Gloo between CPU processes. A rank
+    gets SIGTERM when its torchrun ends, however it ends (a stop of this rank: lottery.stage)."""
+    _signal_when_parent_ends(signal.SIGTERM)
     torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 

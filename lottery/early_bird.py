@@ -88,6 +88,14 @@ class Search:
             self.found_epoch = len(self.history)
         return found
 
+    def state_dict(self):
+        """What an in-round save keeps of the search (lottery.resume); the FIFO is the history's tail."""
+        return {"history": self.history, "distances": self.distances, "found_epoch": self.found_epoch}
+
+    def load_state_dict(self, state):
+        self.history, self.distances, self.found_epoch = list(state["history"]), list(state["distances"]), state["found_epoch"]
+        self._recent = deque((vector.clone() for vector in self.history[-self.queue :]), maxlen=self.queue)
+
 
 def distance_matrix(history):
     """Entry (i, j): the distance between the masks drawn at epochs i+1 and j+1."""

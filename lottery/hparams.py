@@ -638,14 +638,29 @@ def from_dict(raw):
 
 
 def load(path="params.yaml"):
+    return from_dict(_read(path))
+
+
+def load_section(name, path="params.yaml"):
+    """One section of a params file, typed and checked on its own: for commands that need only it
+    (the lineage commands read `tracking`), so the rest of the file may ask for what this machine
+    lacks (train.device: cuda on a CPU)."""
+    raw = _read(path)
+    if not isinstance(raw, dict):
+        raise ParamsError("params: the file must be a mapping of sections")
+    section = _section(name, SECTIONS[name], raw.get(name))
+    section.check()
+    return section
+
+
+def _read(path):
     path = Path(path)
     try:
-        raw = yaml12.load(path.read_text())
+        return yaml12.load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such params file") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return from_dict(raw)
 
 
 def rounds_section(count):

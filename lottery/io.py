@@ -1,35 +1,68 @@
-"""Atomic, byte-stable writes: a reader never sees a half-written output, a failed write leaves
-the old one, and the same content always gives the same bytes (so DVC sees no change where there
-is none)."""
+"""Atomic, durable, byte-stable writes: a reader never sees a half-written output, a failed write
+leaves the old one, a power loss after a write leaves the new one (never an empty file that DVC
+has recorded), and the same content always gives the same bytes (so DVC sees no change where
+there is none)."""
 
 import csv
 import io
+import itertools
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
 from lottery.errors import MissingInput
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
 
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; if the block succeeds, flush it to the disk, rename it
+    over `path` and flush the folder's entry (the order that survives a power loss: the rename
+    never lands before the data); else remove it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make outputs private to one user
+    _make_folder(path.parent)
+    tmp = _new_file_beside(path)
     try:
-        yield Path(tmp)
+        yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_file_beside(path):
+    """A new, empty, hidden file in `path`'s folder. It is created with mode 0666, which the kernel
+    narrows by the process's umask of that moment, as for any file a program writes (mkstemp's
+    0600 would make outputs private to one user, and Python reads the umask only by setting it,
+    for every thread of the process)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue  # another writer's name: draw again
+
+
+def _make_folder(folder):
+    """mkdir -p, each new folder's entry flushed in its parent, so the file written into it
+    cannot outlive a power loss without it."""
+    missing = list(itertools.takewhile(lambda f: not f.exists(), (folder, *folder.parents)))
+    folder.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        _fsync(created.parent)
+
+
+def _fsync(path):
+    """Flush a file's data, or a folder's entries, from the page cache to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path, payload):

@@ -4,6 +4,7 @@ A lineage is named by its parent run id, its DVC experiment name, its run name, 
 (at least 6 characters) of its parent run id or lineage hash.
 """
 
+import math
 import os
 import shutil
 import subprocess
@@ -53,7 +54,7 @@ class LineageRecord:
 
     def metrics(self, round_, control=None):
         run = self.branches.get((round_, control))
-        return {key: run.data.metrics.get(key) for key in SHOWN_METRICS} if run else None
+        return {key: current(run, key) for key in SHOWN_METRICS} if run else None
 
     def ranks(self, round_):
         """A factorized round's {layer: rank} (its prune@r `rank.<layer>` params); {} for a mask."""
@@ -66,9 +67,8 @@ class Store:
     """Read access to one MLflow experiment's lineages."""
 
     def __init__(self, uri, experiment):
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(uri)
+        with tracking.opened(uri, experiment) as client:
+            self.client = client
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             raise LineageError(f"no MLflow experiment {experiment!r} at {uri}")
@@ -130,6 +130,13 @@ class Store:
         with tempfile.TemporaryDirectory() as tmp:
             local = self.client.download_artifacts(run.info.run_id, "mask.pt", tmp)
             return load_torch(local)
+
+
+def current(run, key):
+    """A run's current value of metric `key`; None where it has none (a NaN point: no file holds
+    it any more, lottery.tracking)."""
+    value = run.data.metrics.get(key)
+    return None if value is None or math.isnan(value) else value
 
 
 def summary_row(lineage):
@@ -260,7 +267,7 @@ def compare(lineage, root, hp):
         recorded = lineage.branches.get((round_, None))
         fresh = read_json(root / paths.round_metrics(round_))
         for key in ROUND_METRICS:
-            expected = recorded.data.metrics.get(key) if recorded else None
+            expected = current(recorded, key) if recorded else None
             reproduced = fresh.get(key)
             if expected is None and reproduced is None:
                 continue  # a metric this lineage does not measure

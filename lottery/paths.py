@@ -1,11 +1,25 @@
 """Every file the pipeline reads or writes is named here, relative to the project root."""
 
+import os
 from pathlib import Path
 
 MODELS = Path("models")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 DATA = Path("data")
+
+
+def project_root():
+    """The DVC project's root. While DVC runs a stage, DVC_ROOT names it, and for an experiment run in
+    a temporary copy (`dvc exp run --queue`, `--temp`) it names the project the experiment was
+    queued from, not the copy; elsewhere it is the working directory."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd())
+
+
+def in_round_saves():
+    """Where training loops keep their in-round saves (lottery.resume): at the project root, outside
+    every DVC output, so that DVC, which deletes a stage's outputs before it runs it, leaves them."""
+    return project_root() / ".lottery" / "saves"
 
 
 def dataset_root(dataset):

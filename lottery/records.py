@@ -4,9 +4,10 @@ Each function here reads the files that one stage wrote and returns the `Record`
 them in MLflow: which run, and the params, metrics, step metrics, tags and artifacts to log there.
 Stages publish their records right after writing their outputs (evaluate@r also publishes the
 training record of retrain@r, which logs nothing and so never imports MLflow); `sync` (run by
-`report` and by `lottery sync`) publishes every record whose files exist. Publishing is idempotent
-(lottery.tracking), so a record logs the same whether a stage or `sync` logs it, and logging it
-again changes nothing: no run, metric point, model version or artifact is added twice.
+`report` and by `lottery sync`) publishes every record whose files exist, one whole record per run.
+Publishing makes the run's current values the record's (lottery.tracking), so a record logs the
+same whether a stage or `sync` logs it, logging it again changes nothing (no run, metric point,
+model version or artifact upload is added twice), and a changed file replaces what it said before.
 """
 
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from lottery.io import load_torch, read_json
 
 MASK_DIGEST_TAG = "lottery.mask_sha256"
 ENVIRONMENT_TAG = "lottery.env."  # prefix: lottery.env.torch, .device, .threads, .python
+SETTING_TAG = "lottery.setting."  # prefix: a params.yaml key that does not name the lineage, e.g. .train.device
 PARAMS_ARTIFACT = "params.yaml"
 
 
@@ -40,24 +42,38 @@ def branch_run(round_, control=None):
 @dataclass
 class Record:
     run: Run
-    params: dict = field(default_factory=dict)  # logged once; a lineage's params never change
-    metrics: dict = field(default_factory=dict)  # logged at step 0
+    params: dict = field(default_factory=dict)  # logged once: they follow from the params that name the lineage
+    metrics: dict = field(default_factory=dict)  # at step 0
     series: dict = field(default_factory=dict)  # name -> [(step, value)]: curves, Early-Bird distances
     tags: dict = field(default_factory=dict)
-    artifacts: list = field(default_factory=list)  # files logged once, under their own names
-    latest_artifacts: list = field(default_factory=list)  # files replaced on every publish
-    texts: dict = field(default_factory=dict)  # artifact name -> text, replaced on every publish
+    artifacts: list = field(default_factory=list)  # files under their own names, replaced when they change
+    texts: dict = field(default_factory=dict)  # artifact name -> text, replaced when it changes
+    # All that the workspace's files say of the run (`everything`): a metric the run holds beyond
+    # it is no longer current.
+    whole: bool = False
 
 
 def lineage(hp):
     """The parent run: the params that name the lineage, and what it holds now (rounds, controls,
-    the whole params file)."""
+    the whole params file, and each other params.yaml key as a tag)."""
+    params = flatten(hp.identity())
     return Record(
         LINEAGE,
-        params=flatten(hp.identity()),
-        tags={"lottery.rounds": str(hp.rounds), "lottery.controls": ",".join(hp.controls.run)},
+        params=params,
+        tags={"lottery.rounds": str(hp.rounds), "lottery.controls": ",".join(hp.controls.run), **settings(hp, params)},
         texts={PARAMS_ARTIFACT: yaml.safe_dump(hp.raw, sort_keys=False)},
     )
+
+
+def settings(hp, params):
+    """{lottery.setting.<key>: value} for each params.yaml key outside `params`: MLflow params never
+    change, and these keys may change within a lineage (train.device, weight_agnostic.values).
+    `rounds` is the lottery.rounds tag."""
+    return {
+        f"{SETTING_TAG}{key}": str(value)
+        for key, value in flatten(hp.raw).items()
+        if key not in params and not key.startswith("rounds.")
+    }
 
 
 def trained(hp, round_, control=None):
@@ -132,12 +148,12 @@ def reported(hp):
     return Record(
         LINEAGE,
         metrics=dict(numeric_metrics({"smallest_matching_ticket": smallest})),
-        latest_artifacts=[file for file in files if file.exists()],
+        artifacts=[file for file in files if file.exists()],
     )
 
 
 def everything(hp):
-    """Every record whose files are in the workspace: what all the lineage's stages log, in order."""
+    """What all the lineage's stages log, from the files in the workspace: one whole record per run."""
     found = [lineage(hp)]
     for round_, control in hp.branches():
         if paths.training_log(round_, control).exists():
@@ -152,7 +168,18 @@ def everything(hp):
         found.append(early_bird(hp))
     if paths.summary().exists():
         found.append(reported(hp))
-    return found
+    return merged(found)
+
+
+def merged(found):
+    """One whole record per run of `found`, holding all that `found` says of that run."""
+    runs = {}
+    for record in found:
+        whole = runs.setdefault(record.run, Record(record.run, whole=True))
+        for part in ("params", "metrics", "series", "tags", "texts"):
+            getattr(whole, part).update(getattr(record, part))
+        whole.artifacts += record.artifacts
+    return list(runs.values())
 
 
 def flatten(tree, prefix=""):

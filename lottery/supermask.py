@@ -32,10 +32,11 @@ def cosine_rate(lr, iteration, iterations):
     return lr * 0.5 * (1 + math.cos(math.pi * iteration / iterations))
 
 
-def search(model, mask, drop, splits, supermask_hp, batch_size, seed, generator, device, shared=None):
+def search(model, mask, drop, splits, supermask_hp, batch_size, seed, generator, device, shared=None, saves=None):
     """The mask that keeps, of each layer's kept weights in `mask`, all but its `drop[layer]`
     lowest |scores| after score training on `model`'s frozen weights (which it leaves untouched).
-    `shared`: (values, signs mode) for a weight-agnostic search."""
+    `shared`: (values, signs mode) for a weight-agnostic search. `saves` (lottery.resume): resume
+    from its save, save the scores, optimizer and generator when due and at the end."""
     frozen = {name: tensor.detach().to(device) for name, tensor in model.named_parameters()}
     frozen.update({name: tensor.to(device) for name, tensor in model.named_buffers()})
     model = model.to(device).train()
@@ -44,10 +45,11 @@ def search(model, mask, drop, splits, supermask_hp, batch_size, seed, generator,
     optimizer = torch.optim.SGD(
         scores.values(), lr=supermask_hp.lr, momentum=supermask_hp.momentum, weight_decay=supermask_hp.weight_decay
     )
+    start = _resume(saves, device, scores, optimizer, generator)
     train = splits.train.to(device)
     base, biases = _base_weights(frozen, candidates, shared)
-    indices = data.batches(seed, len(train), batch_size, 0, device)
-    for iteration, index in zip(range(supermask_hp.iterations), indices):
+    indices = data.batches(seed, len(train), batch_size, start, device)
+    for iteration, index in zip(range(start, supermask_hp.iterations), indices):
         for group in optimizer.param_groups:
             group["lr"] = cosine_rate(supermask_hp.lr, iteration, supermask_hp.iterations)
         value = shared[0][int(torch.randint(len(shared[0]), (), generator=generator))] if shared else 1.0
@@ -57,8 +59,27 @@ def search(model, mask, drop, splits, supermask_hp, batch_size, seed, generator,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if saves and (saves.due() or iteration + 1 == supermask_hp.iterations):
+            saves.save(_state(iteration + 1, scores, optimizer, generator))
     model.cpu()
     return {name: _kept(scores[name].abs(), candidates[name], drop[name]).cpu() for name in mask}
+
+
+def _state(next_iteration, scores, optimizer, generator):
+    return {"iteration": next_iteration, "scores": scores, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+
+
+def _resume(saves, device, scores, optimizer, generator):
+    """The first iteration to run: 0, or where the search's save left off (its state restored)."""
+    saved = saves.load(device) if saves else None
+    if not saved:
+        return 0
+    with torch.no_grad():
+        for name, score in scores.items():
+            score.copy_(saved["scores"][name])
+    optimizer.load_state_dict(saved["optimizer"])
+    generator.set_state(saved["generator"])
+    return saved["iteration"]
 
 
 def _kept(magnitude, candidates, drop):

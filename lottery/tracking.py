@@ -2,10 +2,14 @@
 
 A lineage is one configuration of code and params (lottery.provenance). Runs are found by tags
 (lineage, kind, round, control) rather than remembered, so every stage of a round logs into the
-same child run and running a stage twice never duplicates a run. `publish` logs a record
-(lottery.records) idempotently: params and step-0 metrics only where the run lacks them, step
-metrics only at steps it lacks, files only where it lacks one of that name, so nothing is
-appended twice; the run is then marked FINISHED (FAILED if logging broke off).
+same child run and running a stage twice never duplicates a run. `publish` makes a run's current
+values those of a record (lottery.records), logging only what differs: a metric point where the
+value at that step is missing or differs (stamped after every point of that metric, so it becomes
+the current one), a NaN point where a whole record no longer holds a metric or a series no longer
+holds a step, a file or text where its sha256 differs from the run's `lottery.artifact_sha256.<name>`
+tag, a tag where it differs, a param where the run lacks it (params follow from the params that
+name the lineage, so they never change). Publishing the same record again logs nothing; the run is
+then marked FINISHED (FAILED if logging broke off).
 
 Tracking is a side channel: when the store cannot be reached, a stage prints one warning line and
 still finishes; `lottery sync` (and the `report` stage) fill MLflow in later. An HTTP(S) store is
@@ -17,6 +21,8 @@ The default store, and any SQLite store named by a relative path, is a file at t
 also for the stages of an experiment that DVC runs in a temporary copy of the project
 (`dvc exp run --queue`, `--temp`): there the working directory is a folder DVC deletes afterwards.
 Several such experiments may run at once and share the store; SQLite serialises their writes.
+A SQLite store moved or copied with its project folder is made to record its artifacts beside it
+again when it is opened (lottery.moved_store).
 """
 
 import contextlib
@@ -32,7 +38,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lottery import deps, io, provenance, records
+from lottery import deps, io, moved_store, provenance, records
+from lottery.errors import UserError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 LINEAGE_TAG = "lottery.lineage"
@@ -44,12 +51,13 @@ CODE_TAG = "lottery.code"
 COMMIT_TAG = "lottery.git_commit"
 DIRTY_TAG = "lottery.git_dirty"
 EXPERIMENT_TAG = "lottery.dvc_experiment"
+ARTIFACT_DIGEST_TAG = "lottery.artifact_sha256."  # prefix: the sha256 of the artifact of that name, as uploaded
 # A final metric every round's run carries once its results are logged.
 COMPLETE_METRIC = "test_accuracy_at_early_stop"
 
 PROBE_TIMEOUT_S = 3.0
 PROBE_REUSE_S = 300.0
-PROBE_DIR = Path(tempfile.gettempdir()) / "lottery-tracking-probes"
+PROBE_DIR = Path(tempfile.gettempdir()) / f"lottery-tracking-probes-{os.getuid()}"  # one user's answers, as the locks
 SQLITE = "sqlite:///"
 OPENING_LOCKS = Path(tempfile.gettempdir()) / f"lottery-sqlite-opening-{os.getuid()}"
 
@@ -107,13 +115,12 @@ def _tracked(hp, action, default=None, fresh_probe=False):
     """`action(store)` on the lineage's store, or `default` where the store is unreachable or the
     call fails (then this process warns once and stops tracking): tracking never costs a stage its
     outputs."""
-    store = _store(hp, fresh_probe)
-    if store is None:
-        return default
+    uri = tracking_uri(hp.tracking)
     try:
-        return action(store)
+        store = _store(hp, fresh_probe)  # finding the store (a probe, a lineage id) may fail too
+        return default if store is None else action(store)
     except Exception as err:
-        _give_up(store.uri, err)
+        _give_up(uri, err)
         return default
 
 
@@ -122,12 +129,10 @@ class Store:
     file of that lineage, so it reads from `hp` only what names the lineage (seed, identity)."""
 
     def __init__(self, hp, uri):
-        from mlflow.tracking import MlflowClient
-
         self.hp, self.uri = hp, uri
         self.lineage = provenance.lineage_id(hp)
-        with _opening(uri):
-            self.client = MlflowClient(uri)  # which opens the store
+        with opened(uri, hp.tracking.experiment) as client:
+            self.client = client
             self.experiment_id = self._experiment_id(hp.tracking.experiment)
         self._ids = {}
 
@@ -204,7 +209,7 @@ class Store:
             self._publish(record)
 
     def _publish(self, record):
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Param, RunTag
 
         run_id = self.run_id(record.run)
         found = self.client.get_run(run_id)
@@ -218,25 +223,47 @@ class Store:
             tags = dict(record.tags)
             if record.run == records.LINEAGE:
                 tags.update(_provenance_updates(held.tags))
-            now = int(time.time() * 1000)
+            tags.update(self._upload_changed(run_id, record, held.tags))
             params = [Param(k, str(v)) for k, v in record.params.items() if k not in held.params]
-            metrics = [Metric(k, float(v), now, 0) for k, v in record.metrics.items() if k not in held.metrics]
-            for key, points in record.series.items():
-                logged = {m.step for m in self.client.get_metric_history(run_id, key)} if key in held.metrics else set()
-                metrics += [Metric(key, float(value), now, step) for step, value in points if step not in logged]
             changed = [RunTag(k, str(v)) for k, v in tags.items() if held.tags.get(k) != str(v)]
-            self._log_batch(run_id, metrics, params, changed)
-            present = {a.path for a in self.client.list_artifacts(run_id)} if record.artifacts else set()
-            for path in record.artifacts:
-                if Path(path).name not in present:
-                    self.client.log_artifact(run_id, str(path))
-            for path in record.latest_artifacts:
-                self.client.log_artifact(run_id, str(path))
-            for name, text in record.texts.items():
-                self.client.log_text(run_id, text, name)
+            self._log_batch(run_id, self._metric_updates(run_id, record, held.metrics), params, changed)
             status = "FINISHED"
         finally:
             self.client.set_terminated(run_id, status)
+
+    def _upload_changed(self, run_id, record, held_tags):
+        """Upload the record's files and texts whose sha256 differs from the digest tag the run
+        holds for that name; return the digest tags of those uploaded (set once the upload is done,
+        so an upload that broke off is tried again)."""
+        uploaded = {}
+        with tempfile.TemporaryDirectory() as texts:
+            files = [Path(path) for path in record.artifacts]
+            for name, text in record.texts.items():
+                files.append(Path(texts) / name)
+                files[-1].write_text(text, encoding="utf-8")
+            for path in files:
+                tag, digest = f"{ARTIFACT_DIGEST_TAG}{path.name}", hashlib.sha256(path.read_bytes()).hexdigest()
+                if held_tags.get(tag) != digest:
+                    self.client.log_artifact(run_id, str(path))
+                    uploaded[tag] = digest
+        return uploaded
+
+    def _metric_updates(self, run_id, record, held):
+        """The metric points that make the run's current values the record's. `held`: the run's
+        latest value per metric. A step-0 metric that holds its value already costs no look-up; any
+        other metric's history is read to find what changed."""
+        wanted = {key: {0: value} for key, value in record.metrics.items()}
+        wanted.update({key: dict(points) for key, points in record.series.items()})
+        if record.whole:  # a metric no file holds any more: no current value
+            wanted.update({key: {} for key, value in held.items() if key not in wanted and not math.isnan(value)})
+        now = int(time.time() * 1000)
+        updates = []
+        for key, points in wanted.items():
+            if key in record.metrics and key in held and _same(held[key], record.metrics[key]):
+                continue
+            history = self.client.get_metric_history(run_id, key) if key in held else []
+            updates += _changes(key, points, history, now)
+        return updates
 
     def _log_batch(self, run_id, metrics, params, tags):
         # One call when everything fits MLflow's batch limits: 1000 metrics, 100 params, 100 tags.
@@ -287,6 +314,19 @@ class Store:
 
 
 @contextlib.contextmanager
+def opened(uri, experiment):
+    """An MlflowClient of `uri`, held under the opening lock. A SQLite store that was moved or
+    copied from another folder first records its artifacts beside it (lottery.moved_store)."""
+    from mlflow.tracking import MlflowClient
+
+    with _opening(uri):
+        client = MlflowClient(uri)  # which opens the store
+        if uri.startswith(SQLITE):
+            moved_store.follow(uri.removeprefix(SQLITE), experiment)
+        yield client
+
+
+@contextlib.contextmanager
 def _opening(uri):
     """Held while this process first opens a SQLite store: MLflow creates a new database's tables
     without a lock, and of two processes doing it at once one fails half-way (measured: 5 times in
@@ -307,6 +347,30 @@ def _artifact_location(uri, experiment):
     if not uri.startswith(SQLITE):
         return None
     return str(Path(uri.removeprefix(SQLITE)).parent / "mlruns" / experiment)
+
+
+def _changes(key, wanted, history, now):
+    """The points of metric `key` that turn `history` into `wanted` ({step: value}): one where a
+    step's current value (its newest point's) is missing or differs, NaN where a step holds a value
+    `wanted` lacks. All carry one timestamp after every point held, so each becomes its step's
+    current value even within the same millisecond (MLflow's latest point is the one of the highest
+    step, then timestamp, then value)."""
+    from mlflow.entities import Metric
+
+    current = {}
+    for point in sorted(history, key=lambda p: (p.timestamp, 0.0 if math.isnan(p.value) else p.value)):
+        current[point.step] = point.value
+    changed = {step: value for step, value in wanted.items() if step not in current or not _same(current[step], value)}
+    changed.update({step: math.nan for step, value in current.items() if step not in wanted and not math.isnan(value)})
+    stamp = max([now] + [point.timestamp + 1 for point in history])
+    return [Metric(key, float(value), stamp, step) for step, value in changed.items()]
+
+
+def _same(held, value):
+    """Whether a metric value MLflow holds is `value`: NaN is NaN, and SQL stores keep ±inf as the
+    largest finite float."""
+    value = math.copysign(sys.float_info.max, value) if math.isinf(value) else float(value)
+    return held == value or (math.isnan(held) and math.isnan(value))
 
 
 def _provenance_updates(held):
@@ -390,7 +454,10 @@ def forget_probe(uri):
 
 
 def _keep_answer(uri, reachable, why):
-    io.write_json(_probe_file(uri), {"uri": uri, "reachable": reachable, "why": why, "at": time.time()})
+    try:
+        io.write_json(_probe_file(uri), {"uri": uri, "reachable": reachable, "why": why, "at": time.time()})
+    except OSError:  # the answers are a cache: one not kept costs the next stage a probe, never its outputs
+        pass
 
 
 def _probe_file(uri):
@@ -407,8 +474,10 @@ def _give_up(uri, err):
     _unreachable[uri] = message
     if uri.startswith(("http://", "https://")) and not isinstance(err, str):
         _keep_answer(uri, False, message[:200])
+    # A user error's line is ours and says what to do: shown whole. MLflow's may run on.
+    shown = message if isinstance(err, UserError) else message[:200]
     print(
         f"warning: MLflow tracking unavailable, results kept in DVC outputs; `lottery sync` adds them later "
-        f"({message[:200]})",
+        f"({shown})",
         file=sys.stderr,
     )

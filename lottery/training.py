@@ -123,7 +123,19 @@ def iterations_per_epoch(train_hp, splits):
     return len(splits.train) // train_hp.batch_size
 
 
-def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=None, at_epoch_end=None, frobenius_decay=False):
+def train(
+    model,
+    mask,
+    splits,
+    train_hp,
+    seed,
+    start_iteration=0,
+    snapshot_at=None,
+    at_epoch_end=None,
+    frobenius_decay=False,
+    saves=None,
+    stateful=(),
+):
     """Train `model` in place from `start_iteration` to `train_hp.iterations`.
 
     Pruned weights (mask False) must be zero on entry; they get zero gradient, so they stay
@@ -131,6 +143,10 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
     many iterations (late rewinding). `at_epoch_end(model, epoch)` runs after each full epoch
     (1, 2, ...); when it returns True, training stops there (Early-Bird). `frobenius_decay`: the
     factors of factorized layers decay as (λ/2)‖UVᵀ‖²_F (λ = train.weight_decay), not as plain L2.
+
+    `saves` (lottery.resume.InRoundSaves): resume from its save when there is one, save the whole
+    state when it is due and when training ends. `stateful`: objects the save also carries
+    (`state_dict()` / `load_state_dict(state)`), such as the Early-Bird search `at_epoch_end` feeds.
 
     In a process group of several ranks (lottery.distributed) every rank calls this with the
     same arguments; each trains on its slice of every batch. The process group ends with
@@ -159,11 +175,19 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
     per_epoch = iterations_per_epoch(train_hp, splits)
     if per_epoch == 0:
         raise ParamsError(f"train.batch_size = {batch}: larger than the training set ({size} examples)")
-    curve, snapshot = [], None
+    curve, snapshot, end = [], None, train_hp.iterations
+    early_stop = None  # the point TrainResult.early_stop would pick from the curve so far
+    saved = saves.load(device) if saves else None
+    if saved:
+        curve, snapshot, start_iteration, end = saved["curve"], saved["snapshot"], saved["iteration"], saved["end"]
+        early_stop = curve[saved["early_stop"]] if curve else None
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        for plug_in, state in zip(stateful, saved["stateful"]):
+            plug_in.load_state_dict(state)
     indices = batches(seed, size, batch, start_iteration, device)
     own = distributed.own_rows(batch)  # all of each batch, or this rank's slice
     scheduled = bool(train_hp.warmup_iterations or train_hp.milestones)
-    early_stop = None  # the point TrainResult.early_stop would pick from the curve so far
 
     def record(iteration, last=False):
         nonlocal early_stop
@@ -178,7 +202,22 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
             point["test_loss"], point["test_accuracy"] = evaluate(model, splits.test)
         curve.append(point)
 
-    end = train_hp.iterations
+    def state(next_iteration, finished=False):
+        """Everything the rest of training reads (lottery.resume)."""
+        return {
+            "iteration": next_iteration,
+            "end": end,
+            "finished": finished,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "curve": curve,
+            "early_stop": next(i for i, point in enumerate(curve) if point is early_stop) if curve else None,
+            "snapshot": snapshot,
+            "stateful": [plug_in.state_dict() for plug_in in stateful],
+        }
+
+    if saved and saved["finished"]:
+        return _result(model, curve, snapshot, end, device)
     precision = devices.autocast(train_hp, device)
     with _progress(train_hp.iterations, start_iteration) as bar:
         for iteration in range(start_iteration, train_hp.iterations):
@@ -210,7 +249,15 @@ def train(model, mask, splits, train_hp, seed, start_iteration=0, snapshot_at=No
                 if stop:
                     end = iteration + 1
                     break
+            if saves and saves.due():
+                saves.save(state(iteration + 1))
     record(end, last=True)
+    if saves:
+        saves.save(state(end, finished=True))
+    return _result(model, curve, snapshot, end, device)
+
+
+def _result(model, curve, snapshot, end, device):
     model.cpu()
     processes, follower = distributed.world_size(), distributed.is_follower()
     # Training is the only work the ranks share: rank 0 goes on alone (evaluating, saving, logging).

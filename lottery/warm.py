@@ -17,6 +17,12 @@ installed packages and the environment variables that steer those libraries at i
 without a stage (default 300) or when another worker takes its socket. `LOTTERY_WARM=0` runs
 every stage in its own process without a worker. If the worker cannot take a stage, the stage
 runs in its own process.
+
+A worker serves one user. Its socket lies in `$TMPDIR/lottery-warm-<uid>/`, which must be a
+folder of that user's with mode 0700: otherwise the stage warns in one line and runs without a
+worker, and a worker refuses to listen there. The worker refuses every connection whose peer
+(SO_PEERCRED) is another user, root included, who passes any folder's mode; and a stage sends its
+environment only to a worker whose socket its own user opened.
 """
 
 import hashlib
@@ -27,6 +33,8 @@ import select
 import signal
 import site
 import socket
+import stat
+import struct
 import subprocess
 import sys
 import time
@@ -71,7 +79,11 @@ def hand_off(name, module=None):
     if name != "__main__" or not module or in_worker or launched_by_torchrun or os.environ.get("LOTTERY_WARM", "1") == "0":
         return
     path = socket_path()
-    if path is None or not _private(os.path.dirname(path)):
+    if path is None:
+        return
+    refused = _not_private(os.path.dirname(path))
+    if refused:
+        print(f"warning: no warm worker ({refused})", file=sys.stderr)
         return
     connection = _connect(path)
     if connection is None:
@@ -125,24 +137,47 @@ def _identity():
 # The stage's side.
 
 
-def _private(folder):
-    """Whether `folder` (made if missing) belongs to this user: a stage sends its environment only
-    to a worker of the same user."""
+def _not_private(folder):
+    """Why `folder` (made if missing) must not hold a worker's socket, or '' if it may: it must be
+    a folder (not a link) of this user's that no other user can enter (mode 0700), since the
+    socket takes each stage's whole environment, tokens included, and its standard streams. In a
+    shared temporary directory (sticky bit) no other user can rename or remove it either."""
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)
-        return os.stat(folder).st_uid == os.getuid()
-    except OSError:
-        return False
+        found = os.lstat(folder)
+    except OSError as err:
+        return f"{folder}: {err.strerror}"
+    if not stat.S_ISDIR(found.st_mode):
+        return f"{folder}: not a folder"
+    if found.st_uid != os.getuid():
+        return f"{folder}: belongs to user {found.st_uid}, not to this user ({os.getuid()})"
+    if found.st_mode & 0o777 != 0o700:
+        return f"{folder}: mode {found.st_mode & 0o777:04o}, must be 0700 (chmod 700 {folder})"
+    return ""
 
 
 def _connect(path):
+    """A connection to this user's worker at `path`, or None. A worker of another user (root can
+    make a socket in any folder) gets nothing: the stage warns and starts one of its own there."""
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         connection.connect(path)
     except OSError:
         connection.close()
         return None
+    listener = _peer_user(connection)
+    if listener != os.getuid():
+        connection.close()
+        print(f"warning: the warm worker at {path} runs as user {listener}, not as this user: not used", file=sys.stderr)
+        return None
     return connection
+
+
+def _peer_user(connection):
+    """The user id of the process at the other end of a Unix socket (SO_PEERCRED: pid, uid, gid),
+    as the kernel recorded it when that process connected or listened."""
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", credentials)[1]
 
 
 def _delegate(connection, module):
@@ -189,9 +224,10 @@ def _receive(connection):
 
 
 def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """This process's umask, read from /proc (Linux 4.7 and later, as pidfd_open here needs 5.3):
+    os.umask reads it only by setting it, for every thread of the process at once."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
 
 
 def _stream_options(stream):
@@ -237,7 +273,13 @@ def _mtime(path):
 
 
 def serve(path, idle_seconds):
-    """Accept stages on `path` until idle for `idle_seconds` or until another worker takes `path`."""
+    """Accept stages on `path` until idle for `idle_seconds` or until another worker takes `path`.
+    A folder that is not private to this user (see _not_private) is refused: no worker there."""
+    refused = _not_private(os.path.dirname(path))
+    if refused:
+        print(f"refused: {refused}", flush=True)
+        _unlink(f"{path}.starting")
+        return
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pending = f"{path}.{os.getpid()}"
     listener.bind(pending)
@@ -273,6 +315,11 @@ def _serve_waiting(listener, timeout):
     served = False
     while select.select([listener], [], [], 0 if served else timeout)[0]:
         connection, _ = listener.accept()
+        caller = _peer_user(connection)
+        if caller != os.getuid():  # root passes the folder's mode; a stage of another user runs as this one
+            print(f"refused a connection from user {caller}", flush=True)
+            connection.close()
+            continue
         if os.fork() == 0:
             listener.close()
             _supervise(connection)
@@ -344,8 +391,8 @@ def _run_stage(request, descriptors):
         code = 0
     except SystemExit as stop:
         code = _exit_code(stop.code)
-    except KeyboardInterrupt:
-        traceback.print_exc()
+    except KeyboardInterrupt:  # before the stage script took its stop signals over (lottery.stage)
+        print("error: stopped by SIGINT", file=sys.stderr)
         code = 128 + signal.SIGINT
     except BaseException:
         traceback.print_exc()

@@ -26,12 +26,16 @@ WANN_VALUES = (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0)
 
 
 def signs(model, mask, mode):
-    """{prunable weight: the factor w multiplies}: the sign of each of `model`'s weights (mode
-    'init'), or 1 (mode 'none'); 0 where the mask prunes."""
+    """{prunable weight: the factor w multiplies}, on the device of `model`'s weights: the sign of
+    each weight (mode 'init'), or 1 (mode 'none'); 0 where the mask prunes. A channel mask's
+    entries for biases and BatchNorm parameters give no factor: those take no shared weight."""
     params = dict(model.named_parameters())
-    if mode == "init":
-        return {name: params[name].detach().sign() * keep for name, keep in mask.items()}
-    return {name: keep.to(params[name].dtype) for name, keep in mask.items()}
+    factors = {}
+    for name in model.prunable_kinds():
+        weight = params[name].detach()
+        keep = mask[name].to(weight.device, weight.dtype)  # masks stay on the CPU, wherever the model is
+        factors[name] = weight.sign() * keep if mode == "init" else keep
+    return factors
 
 
 def shared_weight_model(model, factors, value):

@@ -88,7 +88,7 @@ def test_only_rank_0_logs_one_run_per_branch_and_a_rerun_is_a_no_op(repos):
 # Each rank: a model and a split of 2,500 examples (3 evaluation batches), evaluated alone (before
 # joining the group) and then as one of two ranks; a batch sliced; a decision only rank 0 takes.
 RANK_SCRIPT = """
-import json, torch
+import json, sys, torch
 from lottery import data, distributed, training
 split = data.Split(torch.randn(2500, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.arange(2500) % 10)
 torch.manual_seed(0)
@@ -96,13 +96,17 @@ model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
 alone = training.evaluate(model, split)
 torch.distributed.init_process_group("gloo")
 rank = distributed.rank()
-print(json.dumps({
+line = json.dumps({
     "rank": rank,
     "shard": torch.arange(6)[distributed.own_rows(6)].tolist(),
     "decision": distributed.rank0_decides(rank == 0, torch.device("cpu")),
     "alone": alone,
     "together": training.evaluate(model, split),
-}))
+})
+# One write per rank: both ranks share torchrun's stdout, and with unbuffered output (PYTHONUNBUFFERED)
+# print writes the line and its newline apart, so the other rank's line can land between them.
+sys.stdout.write(line + "\\n")
+sys.stdout.flush()
 torch.distributed.destroy_process_group()
 """
 

@@ -6,7 +6,7 @@ import torch
 
 from lottery import checkpoints, early_bird, hparams, masks, models, paths, pipeline, quantize
 from lottery.io import read_json
-from tests.conftest import store_view
+from tests.conftest import default_params, store_view
 
 
 def vector(bits):
@@ -45,6 +45,16 @@ def test_fifo_needs_a_full_queue_before_it_can_stop():
     search = early_bird.Search(epsilon=0.5, queue=4)
     same = torch.ones(8, dtype=torch.bool)
     assert [search.observe(same) for _ in range(5)] == [False, False, False, False, True]
+
+
+def test_the_default_window_is_the_authors_fifo_of_5_masks():
+    # The authors' EarlyBird (main.py, epoch_keep=5) keeps the last 5 masks and stops once none of
+    # the newest's distances to the 4 others exceeds 0.1: after one far mask and then the same
+    # mask again and again, it stops at the 6th, when the far one has left its FIFO.
+    hp = hparams.from_dict(default_params())
+    search = early_bird.Search(epsilon=hp.early_bird.epsilon, queue=hp.early_bird.queue)
+    far, same = torch.zeros(20, dtype=torch.bool), torch.ones(20, dtype=torch.bool)
+    assert [search.observe(mask) for mask in [far] + [same] * 6] == [False] * 5 + [True, True]
 
 
 def test_distance_matrix_is_symmetric_with_a_zero_diagonal_and_matches_pairwise_distances():

@@ -91,14 +91,23 @@ def test_the_frobenius_decay_gradient_equals_autograds():
         for layer in factorize.layers(model).values()
         if isinstance(layer, factorize.Factorized)
     )
-    expected = torch.autograd.grad(penalty, factorize.factor_parameters(model))
-    for param in model.parameters():
+    factors = factorize.factor_parameters(model)
+    expected = torch.autograd.grad(penalty, factors)
+    for param in factors:
         param.grad = torch.zeros_like(param)
+    # Every other parameter (biases, the dense output layer) holds a gradient of its own already,
+    # which the decay must leave exactly as it is.
+    others = {name: param for name, param in model.named_parameters() if all(param is not f for f in factors)}
+    assert {"3.weight", "3.bias", "0.outer.bias"} <= set(others)
+    for param in others.values():
+        param.grad = torch.randn_like(param)
+    before = {name: param.grad.clone() for name, param in others.items()}
     factorize.add_frobenius_decay_gradient(factorize.factorized_layers(model), strength)
-    for param, wanted in zip(factorize.factor_parameters(model), expected):
+    for param, wanted in zip(factors, expected):
         assert torch.allclose(param.grad, wanted, rtol=1e-5, atol=1e-7)
         assert wanted.abs().max() > 0
-    assert model[3].weight.grad.abs().max() == 0  # the output layer is not factorized
+    for name, param in others.items():
+        assert torch.equal(param.grad, before[name]), name
 
 
 @pytest.mark.parametrize("name,width", [("lenet_300_100", 1.0), ("vgg11", 0.25), ("resnet20", 1.0)])

@@ -108,6 +108,28 @@ def test_an_unknown_lineage_is_a_one_line_error(two_lineages, capsys):
     assert str(exit_.value) == "error: 'no-such-lineage': no lineage has that run id, DVC experiment, run name or hash"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the params must ask for a GPU this machine lacks")
+def test_list_show_and_diff_read_the_store_whatever_the_params_ask_of_the_machine(two_lineages, capsys, tmp_path):
+    import yaml
+
+    ids, hp = two_lineages
+    on_cuda = tmp_path / "cuda-params.yaml"
+    on_cuda.write_text(yaml.safe_dump(with_overrides(hp.raw, {"train.device": "cuda"})))
+    with pytest.raises(hparams.ParamsError, match="train.device = 'cuda'"):
+        hparams.load(on_cuda)  # a stage would refuse these params here
+    cli_args = ["--params", str(on_cuda), "lineage"]
+    rows = json.loads(run_cli(capsys, *cli_args, "list", "--json"))
+    assert sorted(r["prune.rate"] for r in rows) == ["0.2", "0.3"]
+    shown = json.loads(run_cli(capsys, *cli_args, "show", ids[0.3], "--json"))
+    assert [r["round"] for r in shown["rounds"]] == [0, 1, 2]
+    assert json.loads(run_cli(capsys, *cli_args, "diff", ids[0.2], ids[0.3], "--json"))["differs"] is True
+    no_tracking = tmp_path / "no-tracking.yaml"
+    no_tracking.write_text(yaml.safe_dump({k: v for k, v in hp.raw.items() if k != "tracking"}))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--params", str(no_tracking), "lineage", "list"])
+    assert str(exit_.value) == "error: tracking: missing section"
+
+
 def test_sync_twice_creates_no_duplicates_and_backfills_after_an_outage(workdir, make_hp, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # down: nothing listens there
     hp = make_hp(**{"controls.run": ["reinit"]})

@@ -9,7 +9,7 @@ import mlflow.pytorch
 import pytest
 import torch
 
-from lottery import checkpoints, hparams, masks, paths, pipeline, provenance, pruning, report
+from lottery import checkpoints, hparams, masks, paths, pipeline, provenance, pruning, report, tracking
 
 
 def fingerprint():
@@ -123,6 +123,9 @@ def test_report_registers_the_smallest_matching_ticket(workdir, make_hp):
     assert [v.version for v in client.search_model_versions("name = 'tiny-ticket'")] == [version.version]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no pickle-format (or any other) warning on load
+        # ... but torch's own: 2.11's torch.export.load (the GPU image's torch) wraps the archive's read-only
+        # bytes with torch.frombuffer and warns so; later torch reads them otherwise.
+        warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning, "torch.export")
         model = mlflow.pytorch.load_model(f"models:/tiny-ticket/{version.version}")
     # MLflow's safe format: a torch.export program (model.pt2), no pickled model.
     saved = {a.path for a in client.list_artifacts(version.run_id, "ticket-round-2/data")}
@@ -211,6 +214,9 @@ def test_oneshot_prunes_the_dense_network_to_each_rounds_sparsity(workdir, make_
 
 def test_an_unreachable_tracking_server_costs_a_warning_not_the_outputs(workdir, make_hp, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
+    # A fresh outage: another test of this worker process may have given up on this URI already,
+    # and then the process would stay silent about it.
+    tracking.forget_probe("http://127.0.0.1:9")
     hp = make_hp(**{"rounds": {"1": {"prev": 0}}})
     pipeline.run_lineage(hp)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: MLflow")]

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -106,7 +107,11 @@ def worker_path(env):
 
 def wait_for_worker(env, timeout=90):
     """Until the worker listens and has its libraries loaded (its start claim is gone)."""
-    path = worker_path(env)
+    return wait_for_socket(worker_path(env), timeout)
+
+
+def wait_for_socket(path, timeout=90):
+    """Until a worker listens at `path` and has its libraries loaded (its start claim is gone)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if os.path.exists(path) and not os.path.exists(f"{path}.starting"):
@@ -285,8 +290,49 @@ def test_the_socket_path_depends_on_the_variables_that_steer_imports(monkeypatch
 @pytest.mark.skipif(os.getuid() != 0, reason="giving a folder to another user needs root")
 def test_a_worker_folder_that_another_user_owns_is_never_used(tmp_path):
     theirs = tmp_path / "theirs"
-    theirs.mkdir()
+    theirs.mkdir(mode=0o700)
     os.chown(theirs, 65534, 65534)
-    assert warm._private(str(theirs)) is False
-    assert warm._private(str(tmp_path / "mine")) is True  # made, with this user as its owner
+    assert f"{theirs}: belongs to user 65534" in warm._not_private(str(theirs))
+    assert warm._not_private(str(tmp_path / "mine")) == ""  # made, with this user as its owner
     assert (tmp_path / "mine").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.fixture
+def short_tmpdir():
+    """A temporary directory with a path short enough for a worker's socket (pytest's are not)."""
+    folder = tempfile.mkdtemp(prefix="lw-", dir="/tmp")
+    yield Path(folder)
+    shutil.rmtree(folder)
+
+
+def test_a_worker_folder_that_others_can_enter_is_refused_and_the_stage_runs_alone(project, short_tmpdir):
+    env = {**os.environ, "TMPDIR": str(short_tmpdir)}
+    env.pop("LOTTERY_WARM", None)
+    open_folder = short_tmpdir / f"lottery-warm-{os.getuid()}"
+    open_folder.mkdir()
+    open_folder.chmod(0o755)  # as a umask of 022 leaves a plain mkdir
+    done = stage(project, env, "ok")
+    assert done.returncode == 0 and report(done)["in_worker"] is False
+    assert done.stderr.splitlines() == [f"warning: no warm worker ({open_folder}: mode 0755, must be 0700 (chmod 700 {open_folder}))"]
+    assert list(open_folder.iterdir()) == []  # and no worker started there
+    # A worker started by hand refuses the folder too.
+    path = worker_path(env)
+    serving = "import sys; from lottery import warm; warm.PRELOADED = (); warm.serve(sys.argv[1], 30)"
+    worker = subprocess.run([sys.executable, "-c", serving, path], cwd=project, env=env, capture_output=True, text=True, timeout=60)
+    assert worker.stdout == f"refused: {open_folder}: mode 0755, must be 0700 (chmod 700 {open_folder})\n"
+    assert list(open_folder.iterdir()) == []
+
+
+def test_the_umask_is_read_without_being_set(monkeypatch):
+    """os.umask(0) and back, as the umask was read before, leaves every other thread a moment of
+    umask 0: files they create then are writable by everyone."""
+    set_to = []
+    for mask in (0o027, 0o077):
+        previous = os.umask(mask)
+        try:
+            with monkeypatch.context() as patched:
+                patched.setattr(os, "umask", set_to.append)
+                assert warm._umask() == mask
+        finally:
+            os.umask(previous)
+    assert set_to == []

@@ -31,11 +31,13 @@ class PruningError(UserError, ValueError):
 @dataclass(frozen=True)
 class SearchInputs:
     """What a strategy that learns its scores reads: the weights the round will start from (which
-    the search freezes), the data splits, and the lineage's params."""
+    the search freezes), the data splits, the lineage's params, and the search's in-round saves
+    (lottery.resume; None: none)."""
 
     weights: object
     splits: object
     hp: object
+    saves: object = None
 
 
 def learns_scores(strategy):

@@ -25,4 +25,5 @@ class EdgePopup:
             generator=generator,
             device=devices.prepare(hp.train),
             shared=(values, hp.weight_agnostic.signs) if hp.supermask.weight_agnostic else None,
+            saves=inputs.saves,
         )

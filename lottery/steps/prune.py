@@ -1,6 +1,8 @@
 """prune@r: round r's mask (for a factorized lineage, the mask of its factorized architecture)."""
 
-from lottery import checkpoints, early_bird, factorize, masks, paths, pruning, records, tracking
+import contextlib
+
+from lottery import checkpoints, early_bird, factorize, masks, paths, pruning, records, resume, tracking
 from lottery.io import read_json, write_json
 from lottery.steps.common import pruned_from, splits
 
@@ -32,9 +34,11 @@ def _pruned(hp, round_):
     source = pruned_from(hp, round_)
     trained, _ = checkpoints.load_model(paths.trained_weights(source))
     previous = masks.load(paths.mask(source), trained)
-    mask = pruning.prune(
-        hp.prune, trained, previous, seed=hp.seed + round_, rounds=round_ - source, search_inputs=_search_inputs(hp)
-    )
+    searching = hp.searches_supermasks()  # a supermask search trains, and so saves as it goes
+    inputs = [paths.rewind_point(), paths.trained_weights(source), paths.mask(source)]
+    with resume.kept_until_done(hp, f"prune@{round_}", inputs) if searching else contextlib.nullcontext() as saves:
+        search_inputs = _search_inputs(hp, saves) if searching else None
+        mask = pruning.prune(hp.prune, trained, previous, seed=hp.seed + round_, rounds=round_ - source, search_inputs=search_inputs)
     if hp.early_bird.enabled and round_ == 1:  # a one-shot round r > 1 prunes round 0 further than the search did
         _check_early_bird_mask(trained, mask)
     sparsity = masks.sparsity_report(mask, trained.prunable_kinds())
@@ -54,13 +58,10 @@ def _factorized(hp, round_):
     return mask, sparsity
 
 
-def _search_inputs(hp):
-    """A supermask search's inputs: the rewind point it searches on, and the data (None for
-    strategies that score the trained weights)."""
-    if not hp.searches_supermasks():
-        return None
+def _search_inputs(hp, saves):
+    """A supermask search's inputs: the rewind point it searches on, the data, and where it saves."""
     weights, _ = checkpoints.load_model(paths.rewind_point())
-    return pruning.SearchInputs(weights=weights, splits=splits(hp), hp=hp)
+    return pruning.SearchInputs(weights=weights, splits=splits(hp), hp=hp, saves=saves)
 
 
 def _check_early_bird_mask(model, mask):

@@ -2,7 +2,7 @@
 
 import contextlib
 
-from lottery import checkpoints, early_bird, masks, paths, quantize, records, tracking, training
+from lottery import checkpoints, early_bird, masks, paths, quantize, records, resume, tracking, training
 from lottery.hparams import ParamsError
 from lottery.io import write_json
 from lottery.steps.common import save_training, save_weights, splits as load_splits
@@ -11,6 +11,11 @@ from lottery.steps.evaluate import evaluate
 
 def train_dense(hp):
     """Train the dense network; keep θk for late rewinding; evaluate it like any round."""
+    with resume.kept_until_done(hp, "train", inputs=[paths.init_checkpoint()]) as saves:
+        _train_dense(hp, saves)
+
+
+def _train_dense(hp, saves):
     model, _ = checkpoints.load_model(paths.init_checkpoint())
     mask = masks.ones(model)
     splits = load_splits(hp)
@@ -27,6 +32,8 @@ def train_dense(hp):
             at_epoch_end=(lambda model, epoch: search.observe(early_bird.draw(model, hp.prune, hp.seed + 1)))
             if search
             else None,
+            saves=saves,
+            stateful=[search] if search else [],
         )
     if result.snapshot is None:
         raise ParamsError(
