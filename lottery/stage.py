@@ -58,7 +58,9 @@ def run(step, per_round=False, per_control=False, on_failure=None, with_params=T
     hp, step_args, rank = None, [], False
 
     def failed():
-        if hp is not None and on_failure is not None and not rank:
+        # Only a stage that knows which branch it ran marks one: a bad --round names none.
+        known = hp is not None and len(step_args) == per_round + per_control
+        if known and on_failure is not None and not rank:
             on_failure(hp, *step_args)
 
     with _stop_signals_raised():

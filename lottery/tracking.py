@@ -38,7 +38,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lottery import deps, io, moved_store, provenance, records
+from lottery import deps, io, moved_store, paths, provenance, records
 from lottery.errors import UserError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -75,15 +75,8 @@ def tracking_uri(tracking_hp):
     uri = tracking_hp.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     path = uri.removeprefix(SQLITE)
     if uri.startswith(SQLITE) and not path.startswith("/"):
-        return f"{SQLITE}{project_root() / path}"
+        return f"{SQLITE}{paths.project_root() / path}"
     return uri
-
-
-def project_root():
-    """The DVC project's root. While DVC runs a stage, DVC_ROOT names it, and for an experiment run in
-    a temporary copy (`dvc exp run --queue`, `--temp`) it names the project the experiment was
-    queued from, not the copy; elsewhere it is the working directory."""
-    return Path(os.environ.get("DVC_ROOT") or os.getcwd())
 
 
 def publish(hp, *items, fresh_probe=False):

@@ -45,6 +45,15 @@ def test_a_user_error_ends_the_stage_in_one_line_and_marks_its_run(params_file, 
     assert failed == [2]
 
 
+def test_a_round_outside_the_params_is_one_line_and_marks_no_run(params_file, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["stage", "--params", str(params_file), "--round", "99"])
+    failed, ran = [], []
+    with pytest.raises(SystemExit) as exit_:
+        stage.run(lambda hp, round_: ran.append(round_), per_round=True, on_failure=lambda hp, *branch: failed.append(branch))
+    assert exit_.value.code == "error: --round = 99: must be in 1..8 (the rounds in params)"
+    assert failed == [] and ran == []  # round 0's run, say, must not be marked FAILED for it
+
+
 def test_a_bug_keeps_its_traceback(params_file):
     def step(hp, round_):
         raise AssertionError("round 2: the compact model differs from the masked one by 1.00e-02")
