@@ -7,37 +7,47 @@ initialization (SI, the factors of the ordinary init's truncated SVD) and Froben
 weight decay on UVᵀ rather than on U and V). Their comparison: 10%, 5% and 2% of the dense
 parameters, plain / SI / FD / SI+FD, learning rate ×0.1 at 50% and 75% of training.
 
-Two setups, every seed in `--seeds` side by side (one process and one thread each):
+Setups, every seed in `--seeds` side by side (one process and one thread each):
 
-  lenet   LeNet-300-100 on MNIST (55k train / 5k validation / 10k test), SGD lr 0.05, batch 60
-  vgg     VGG-11-BN, width 0.25, Kaiming θ0, on Fashion-MNIST (58k / 2k / 10k), SGD lr 0.1, batch 128
+  lenet     LeNet-300-100 on MNIST (55k train / 5k validation / 10k test), SGD lr 0.05, batch 60
+  vgg       VGG-11-BN, width 0.25, Kaiming θ0, on Fashion-MNIST (58k / 2k / 10k), SGD lr 0.1, batch 128
+  vgg-0.5   the same at width 0.5 for 40 epochs (18,120 iterations): issue 27's GPU schedule
 
-Both: momentum 0.9, weight decay 5e-4, `--iterations` per training with the rate ×0.1 at 50%
-and 75%. Per setup, each on the pipeline's own stage functions (prune, rewind, retrain,
-evaluate, compact) in a workspace of its own:
+All: momentum 0.9, weight decay 5e-4, `--iterations` per training (0: the setup's own) with the
+rate ×0.1 at 50% and 75%. `--preset cpu` (the default: lenet and vgg, the recorded runs'
+settings) or `--preset gpu` (vgg-0.5, on the GPU where torch finds one: train.device auto).
+
+The arms of each setup and seed, each on the pipeline's own stage functions (prune, rewind,
+retrain, evaluate, compact) in a workspace of its own, kept in the arms file as it finishes
+(bench/arms.py: a run cut short keeps them, the next does only the rest):
 
   dense     round 0
   IMP       iterative magnitude pruning, one global ranking of the conv and hidden fc weights
             (the output layer kept whole, as the factorized models keep it), rewound to θ0 each
-            round and retrained on the dense schedule; rounds 1-2 take it to 10% of the weights,
-            round 3 to 5%, round 4 to 2%
+            round and retrained on the dense schedule: rounds 1-2 take it to 10% of the weights
+            (the 10% arm), round 3 to 5%, round 4 to 2% (each arm goes on from the one before)
   plain, SI, FD, SI+FD
             factorize.enabled, from θ0 (rewind.target init) at the rank scale whose factors store
             as many weights as a ticket at the ratio keeps (at most), trained on the dense schedule
-  slim      (vgg only: LeNet has no BatchNorm) Network Slimming: a second dense run with
+  slim-dense, slim
+            (not lenet: LeNet has no BatchNorm) Network Slimming: a second dense run with
             λ = 1e-3 on |γ| (bench/structured_fmnist.py's), one global γ threshold at the channel
             ratio whose compact model stores the ratio's weights (at most; bisected, at most 95%
             of any layer), then fine-tuned for `--iterations` at 0.01
 
 "Weights" are the Linear and Conv2d weights (what masks count); biases and BatchNorm, the same in
-every model, are left out. After the seeds finish, the latency of seed 0's dense and compact
-models is measured in this process with the machine otherwise idle: interleaved, batch 1 and 64,
-medians. Writes bench/results/factorized.{json,md,png} and prints the tables.
+every model, are left out. With the cpu preset, once the seeds finish, latency is measured in this
+process with the machine otherwise idle: untrained models of the architectures seed 0's arms ship
+(each arm's checkpoint spec: latency depends on the shapes alone), interleaved, batch 1 and 64,
+medians. The gpu preset measures none (a small network's GPU latency is another question).
+Writes bench/results/factorized_arms.json as arms finish, then factorized.{json,md,png} (the gpu
+preset: factorized_gpu*), and prints the tables and the claim's verdict.
 """
 
 import argparse
 import copy
 import dataclasses
+import functools
 import statistics
 import time
 from dataclasses import dataclass
@@ -45,12 +55,14 @@ from pathlib import Path
 
 import yaml
 
-from structured_fmnist import (
-    RESULTS, ROOT, copy_dense_run, enter_workspace, fresh_workdir, interleaved_latency, parse_seeded_args, run_seeds
+from arms import (
+    Arm, add_arm_options, apply_preset, arm_key, begin, child_arguments, evaluated_examples, run_seed_processes,
+    report_stem, training_minutes, verdict,
 )
+from structured_fmnist import ROOT, copy_dense_run, enter_workspace, interleaved_latency, parse_seeded_args
 
-from lottery import channels, checkpoints, factorize, hparams, masks, models, paths, pipeline, pruning  # noqa: E402
-from lottery import records, report, tracking  # noqa: E402
+from lottery import channels, checkpoints, compression, data, factorize, hparams, masks, models, paths, pipeline  # noqa: E402
+from lottery import pruning, records, report, tracking  # noqa: E402
 from lottery.io import read_json, write_json, write_text  # noqa: E402
 
 RATIOS = (0.10, 0.05, 0.02)
@@ -60,6 +72,7 @@ WEIGHT_DECAY = 5e-4
 BN_L1 = 1e-3
 SLIM_LR = 0.01
 LATENCY_ROUNDS = 15
+TEST_EXAMPLES = 10_000  # MNIST's and Fashion-MNIST's test sets
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,12 @@ class Setup:
 SETUPS = {
     "lenet": Setup("mnist", "lenet_300_100", 1.0, 0.05, 60, 5000, 5000, slimming=False),
     "vgg": Setup("fashion_mnist", "vgg11", 0.25, 0.1, 128, 2000, 1000, slimming=True),
+    # 40 epochs of the 58,000 training images at batch 128 (453 iterations each).
+    "vgg-0.5": Setup("fashion_mnist", "vgg11", 0.5, 0.1, 128, 2000, 40 * (58_000 // 128), slimming=True),
+}
+PRESETS = {
+    "cpu": {"setups": ["lenet", "vgg"], "latency": True},
+    "gpu": {"setups": ["vgg-0.5"], "latency": False},
 }
 
 
@@ -130,70 +149,125 @@ def pooled_rate(model, current, target):
     return 1 - (target - output) / (current - output)
 
 
-def one_seed(args):
-    import torch
-
-    torch.set_num_threads(1)
-    for name in args.setups:
-        run_setup(args, name, SETUPS[name])
-
-
 PIPELINE_ROUND = (pipeline.prune, pipeline.rewind, pipeline.retrain, pipeline.evaluate, pipeline.compact)
+SLIM = (("prune.strategy", "bn_slimming"), ("prune.granularity", "channel"), ("prune.output_rate", None),
+        ("prune.min_channels", 1), ("prune.max_layer_fraction", 0.95))
 
 
-def run_setup(args, name, setup):
+def setup_arms(args, base, seed, name):
+    """The arms of one setup and seed, in the order they run (the recorded runs' order): dense,
+    Network Slimming's sparsity-trained dense run, IMP at 10, 5 and 2%, each factorized variant at
+    each ratio, then the slimmed models at each ratio. An arm's settings: the digest of the params of every training it and the
+    arms it needs run (the slim arms' rate is left out: it is bisected from the trained weights)."""
+    setup = SETUPS[name]
     iterations = args.iterations or setup.iterations
-    top = args.workdir / f"seed_{args.seed}" / name
+    top = args.workdir / f"seed_{seed}" / name
+    spec = data.DATASETS[setup.dataset]
+    # θ0's shapes: what the weight counts depend on.
+    shapes = models.build(setup.model, spec.input_shape, spec.num_classes, seed=seed, width=setup.width)
 
     def hp(*overrides, rounds=1):
-        return params(args.workdir / "params.base.yaml", args.seed, setup, iterations, overrides, rounds)
+        return params(base, seed, setup, iterations, overrides, rounds)
 
-    def branch(workspace, dense, hp_of_round, rounds=(1,)):
+    dense_hp = hp()
+    one_training = training_minutes(
+        compression.flops(shapes, shapes.input_shape), setup.batch_size, iterations, evaluated_examples(dense_hp.train, setup.validation_size, TEST_EXAMPLES)
+    )
+    found = []
+
+    def add(method, ratio, run, trained_with, needs=(), trainings=1):
+        coordinates = {"setup": name, "seed": seed, "method": method, "ratio": ratio}
+        settings = {"params": hparams.digest([trained.identity() for trained in trained_with])}
+        found.append(Arm(coordinates, settings, run, trainings * one_training, tuple(needs)))
+        return found[-1].key
+
+    def branch(workspace, dense, round_hp):
         enter_workspace(top / workspace, setup.dataset)
         copy_dense_run(top / dense)
-        started = time.perf_counter()
-        for round_ in rounds:
-            round_hp = hp_of_round(round_)
-            for stage in PIPELINE_ROUND:
-                stage(round_hp, round_)
-        write_json(Path("bench_seconds.json"), {"seconds": time.perf_counter() - started})
+        for stage in PIPELINE_ROUND:
+            stage(round_hp, 1)
+        return figures(top / workspace, 1)
 
-    for dense, overrides in (("dense", ()), ("slim-dense", SLIM + (("train.bn_l1", BN_L1),)))[: 1 + setup.slimming]:
-        enter_workspace(top / dense, setup.dataset)
-        pipeline.init(hp(*overrides))
-        pipeline.train_dense(hp(*overrides))
-    theta0, _ = checkpoints.load_model(top / "dense" / paths.init_checkpoint())
-    total, _ = weight_counts(theta0)
+    def dense_run(workspace, dense_run_hp):
+        enter_workspace(top / workspace, setup.dataset)
+        pipeline.init(dense_run_hp)
+        pipeline.train_dense(dense_run_hp)
+        return figures(top / workspace, 0)
+
+    dense = add("dense", 1.0, functools.partial(dense_run, "dense", dense_hp), [dense_hp])
+    if setup.slimming:
+        sparsity_hp = hp(*SLIM, ("train.bn_l1", BN_L1))
+        slim_dense = add("slim-dense", 1.0, functools.partial(dense_run, "slim-dense", sparsity_hp), [sparsity_hp])
+    total, _ = weight_counts(shapes)
     wanted = {ratio: round(ratio * total) for ratio in RATIOS}
     # IMP: rounds 1-2 keep √10% each, then 5% and 2% of the weights.
     goals = [round(total * RATIOS[0] ** 0.5), wanted[0.10], wanted[0.05], wanted[0.02]]
-    kept = [total]
+    kept = [total, *goals]
+    imp_hps = {
+        round_: hp(("prune.schedule", "iterative"), ("prune.rate", pooled_rate(shapes, kept[round_ - 1], kept[round_])), rounds=round_)
+        for round_ in range(1, len(goals) + 1)
+    }
 
-    def imp_round(round_):
-        kept.append(goals[round_ - 1])
-        rate = pooled_rate(theta0, kept[round_ - 1], goals[round_ - 1])
-        return hp(("prune.schedule", "iterative"), ("prune.rate", rate), rounds=round_)
+    def imp_run(rounds):
+        enter_workspace(top / "imp", setup.dataset)
+        if rounds[0] == 1:
+            copy_dense_run(top / "dense")
+        for round_ in rounds:
+            for stage in PIPELINE_ROUND:
+                stage(imp_hps[round_], round_)
+            measured = read_json(paths.sparsity_report(round_))["kept"]
+            if abs(measured - kept[round_]) > 1:
+                raise AssertionError(f"IMP round {round_}: {measured} weights kept, {kept[round_]} wanted")
+        return figures(top / "imp", rounds[-1])
 
-    branch("imp", "dense", imp_round, rounds=range(1, len(goals) + 1))
-    for round_, goal in enumerate(goals, start=1):
-        measured = read_json(top / "imp" / paths.sparsity_report(round_))["kept"]
-        if abs(measured - goal) > 1:
-            raise AssertionError(f"IMP round {round_}: {measured} weights kept, {goal} wanted")
+    previous, trained_with = dense, [dense_hp]
+    for ratio, rounds in zip(RATIOS, ((1, 2), (3,), (4,))):
+        trained_with = trained_with + [imp_hps[round_] for round_ in rounds]
+        previous = add("IMP", ratio, functools.partial(imp_run, rounds), trained_with, (previous,), len(rounds))
     for ratio in RATIOS:
-        rate = ("prune.rate", pooled_rate(theta0, total, wanted[ratio]))
+        rate = ("prune.rate", pooled_rate(shapes, total, wanted[ratio]))
         for variant, (spectral, frobenius) in VARIANTS.items():
             switches = (("factorize.enabled", True), ("factorize.spectral_init", spectral), ("factorize.frobenius_decay", frobenius))
-            branch(f"{variant}-{ratio:g}", "dense", lambda _, chosen=hp(rate, *switches): chosen)
+            chosen = hp(rate, *switches)
+            add(variant, ratio, functools.partial(branch, f"{variant}-{ratio:g}", "dense", chosen), [dense_hp, chosen], (dense,))
     if setup.slimming:
-        sparsity_trained, _ = checkpoints.load_model(top / "slim-dense" / paths.trained_weights(0))
         finetune = (("rewind.target", "finetune"), ("rewind.finetune_lr", SLIM_LR), ("rewind.finetune_iterations", iterations))
-        for ratio in RATIOS:
+
+        def slim_run(ratio):
+            sparsity_trained, _ = checkpoints.load_model(top / "slim-dense" / paths.trained_weights(0))
             rate = slimming_rate(hp(*SLIM), sparsity_trained, wanted[ratio])
-            branch(f"slim-{ratio:g}", "slim-dense", lambda _, chosen=hp(*SLIM, *finetune, ("prune.rate", rate)): chosen)
+            return branch(f"slim-{ratio:g}", "slim-dense", hp(*SLIM, *finetune, ("prune.rate", rate)))
+
+        for ratio in RATIOS:
+            add("slim", ratio, functools.partial(slim_run, ratio), [sparsity_hp, hp(*SLIM, *finetune)], (slim_dense,))
+    return found
 
 
-SLIM = (("prune.strategy", "bn_slimming"), ("prune.granularity", "channel"), ("prune.output_rate", None),
-        ("prune.min_channels", 1), ("prune.max_layer_fraction", 0.95))
+def all_arms(args, base):
+    return [arm for seed in args.seeds for name in args.setups for arm in setup_arms(args, base, seed, name)]
+
+
+def figures(workspace, round_):
+    """An arm's figures from its workspace: test accuracy (final and at the early stop), weights
+    remaining, and the parameters, FLOPs and architecture (checkpoint spec) of the model it ships."""
+    metrics = read_json(workspace / paths.round_metrics(round_))
+    found = {
+        "accuracy": metrics["final_test_accuracy"],
+        "accuracy_at_early_stop": metrics["test_accuracy_at_early_stop"],
+        "weights_remaining": metrics["weights_remaining"],
+    }
+    if round_:
+        compact = read_json(workspace / paths.compression_report(round_))["compact"]
+        shipped_spec = checkpoints.load(workspace / paths.compact_model(round_))["model"]
+        found.update(parameters=compact["parameters"], flops=compact["flops"], spec=shipped_spec)
+    else:
+        model, checkpoint = checkpoints.load_model(workspace / paths.trained_weights(0))
+        found.update(
+            parameters=compression.parameter_count(model), flops=compression.flops(model, model.input_shape), spec=checkpoint["model"]
+        )
+    if "ranks_per_layer" in metrics:
+        found["ranks"] = metrics["ranks_per_layer"]
+    return found
 
 
 def slimming_rate(hp, trained, target):
@@ -213,27 +287,53 @@ def slimming_rate(hp, trained, target):
     return high
 
 
-def arms(setup):
-    """{arm: {ratio: (workspace, round)}} of every compressed model of a setup."""
-    found = {"IMP": {ratio: ("imp", round_) for ratio, round_ in zip(RATIOS, (2, 3, 4))}}
-    for variant in VARIANTS:
-        found[variant] = {ratio: (f"{variant}-{ratio:g}", 1) for ratio in RATIOS}
+def methods(setup):
+    return ["IMP", *VARIANTS, *(["slim"] if setup.slimming else [])]
+
+
+def collect(finished, seeds, name):
+    """A setup's figures from its finished arms ({key: entry}): accuracy and time per seed done,
+    weights, parameters, FLOPs and architecture of the first such seed's model; an arm no seed has
+    done is left out (the dense run: None)."""
+
+    def gathered(method, ratio):
+        done = {seed: finished.get(arm_key({"setup": name, "seed": seed, "method": method, "ratio": ratio})) for seed in seeds}
+        done = {seed: entry for seed, entry in done.items() if entry}
+        if not done:
+            return None
+        first = next(iter(done.values()))["result"]
+        found = {
+            "accuracy": {seed: entry["result"]["accuracy"] for seed, entry in done.items()},
+            "accuracy_at_early_stop": {seed: entry["result"]["accuracy_at_early_stop"] for seed, entry in done.items()},
+            "seconds": {seed: entry["seconds"] for seed, entry in done.items()},
+        }
+        found.update({key: first[key] for key in ("weights_remaining", "parameters", "flops", "spec", "ranks") if key in first})
+        return found
+
+    setup = SETUPS[name]
+    results = {"dense": gathered("dense", 1.0), "arms": {}}
+    for method in methods(setup):
+        by_ratio = {ratio: gathered(method, ratio) for ratio in RATIOS}
+        results["arms"][method] = {ratio: measured for ratio, measured in by_ratio.items() if measured}
     if setup.slimming:
-        found["slim"] = {ratio: (f"slim-{ratio:g}", 1) for ratio in RATIOS}
-    return found
+        results["dense_sparsity_trained"] = gathered("slim-dense", 1.0)
+    return results
 
 
-def measure_latency(top, setup):
-    """{(workspace, round): {batch: median ms}} of seed `top`'s dense model and each arm's shipped
-    one (IMP's sparse file runs as the dense model it loads into), all interleaved so any drift in
-    the machine's speed hits them alike."""
-    shipped = {("dense", 0): checkpoints.load_model(top / "dense" / paths.trained_weights(0))[0]}
-    for arm, by_ratio in arms(setup).items():
-        if arm in ("plain", "SI", "FD"):  # SI+FD's architecture: the same ranks
-            continue
-        for workspace, round_ in by_ratio.values():
-            shipped[(workspace, round_)] = checkpoints.load_model(top / workspace / paths.compact_model(round_))[0]
-    return interleaved_latency(shipped, LATENCY_ROUNDS)
+def add_latency(all_results):
+    """Each shipped model's latency_ms ({batch: median ms}): one untrained model per distinct
+    architecture (the factorized variants share SI+FD's, IMP's sparse file runs as the dense model
+    it loads into), all interleaved so any drift in the machine's speed hits them alike."""
+    shipped = [
+        measured
+        for results in all_results.values()
+        for measured in [results["dense"], *(m for by_ratio in results["arms"].values() for m in by_ratio.values())]
+        if measured
+    ]
+    specs = {hparams.digest(measured["spec"]): measured["spec"] for measured in shipped}
+    timed = interleaved_latency({key: checkpoints.build(spec).eval() for key, spec in specs.items()}, LATENCY_ROUNDS)
+    for measured in shipped:
+        measured["latency_ms"] = timed[hparams.digest(measured["spec"])]
 
 
 def full_width_latency():
@@ -264,88 +364,83 @@ def full_width_table(latency):
     return "\n".join(lines)
 
 
-def collect(args, name, setup):
-    """The setup's dense and arm figures: accuracy per seed, weights, parameters, FLOPs, latency."""
-    tops = {seed: args.workdir / f"seed_{seed}" / name for seed in args.seeds}
-    latency = measure_latency(tops[args.seeds[0]], setup)
-    first = tops[args.seeds[0]]
-
-    def figures(workspace, round_):
-        metrics = {seed: read_json(top / workspace / paths.round_metrics(round_)) for seed, top in tops.items()}
-        found = {
-            "accuracy": {seed: m["final_test_accuracy"] for seed, m in metrics.items()},
-            "accuracy_at_early_stop": {seed: m["test_accuracy_at_early_stop"] for seed, m in metrics.items()},
-            "weights_remaining": metrics[args.seeds[0]]["weights_remaining"],
-        }
-        if round_:
-            compressed = read_json(first / workspace / paths.compression_report(round_))
-            found.update(parameters=compressed["compact"]["parameters"], flops=compressed["compact"]["flops"])
-            found["seconds"] = {seed: read_json(top / workspace / "bench_seconds.json")["seconds"] for seed, top in tops.items()}
-        if (workspace, round_) in latency:
-            found["latency_ms"] = latency[(workspace, round_)]
-        if "ranks_per_layer" in metrics[args.seeds[0]]:
-            found["ranks"] = metrics[args.seeds[0]]["ranks_per_layer"]
-        return found
-
-    dense = figures("dense", 0)
-    dense_report = read_json(first / "imp" / paths.compression_report(2))["dense"]
-    dense.update(parameters=dense_report["parameters"], flops=dense_report["flops"])
-    results = {"dense": dense, "arms": {}}
-    for arm, by_ratio in arms(setup).items():
-        results["arms"][arm] = {ratio: figures(*where) for ratio, where in by_ratio.items()}
-        for ratio, measured in results["arms"][arm].items():
-            measured.setdefault("latency_ms", latency[arms(setup)["SI+FD"][ratio]] if arm in VARIANTS else None)
-    if setup.slimming:
-        results["dense_sparsity_trained"] = figures("slim-dense", 0)
-    return results
-
-
 def mean(per_seed):
     return statistics.fmean(per_seed.values())
 
 
-def accuracy_cell(per_seed):
-    return f"{100 * mean(per_seed):.2f}% ({', '.join(f'{100 * a:.2f}' for a in per_seed.values())})"
+def accuracy_cell(per_seed, seeds):
+    cell = f"{100 * mean(per_seed):.2f}% ({', '.join(f'{100 * a:.2f}' for a in per_seed.values())})"
+    return cell if len(per_seed) == len(seeds) else f"{cell}, {len(per_seed)} of {len(seeds)} seeds"
 
 
-def table(title, results):
+def table(title, results, seeds):
     dense = results["dense"]
-    dense_latency = dense["latency_ms"]
+    if dense is None:
+        return f"**{title}**\n\nno arm done yet"
+    timed = "latency_ms" in dense
     lines = [
         f"**{title}**",
         "",
         "| arm | weights remaining | final test acc. (mean; per seed) | Δ vs dense | params | MFLOPs "
-        "| latency b1 / b64 (ms) | b64 vs dense |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| dense | 100.00% | {accuracy_cell(dense['accuracy'])} | | {dense['parameters']:,} | "
-        f"{dense['flops'] / 1e6:.2f} | {dense_latency[1]:.3f} / {dense_latency[64]:.2f} | 1.00× |",
+        + ("| latency b1 / b64 (ms) | b64 vs dense |" if timed else "|"),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if timed else ""),
+        f"| dense | 100.00% | {accuracy_cell(dense['accuracy'], seeds)} | | {dense['parameters']:,} | {dense['flops'] / 1e6:.2f} |"
+        + (f" {dense['latency_ms'][1]:.3f} / {dense['latency_ms'][64]:.2f} | 1.00× |" if timed else ""),
     ]
     for ratio in RATIOS:
         for arm, by_ratio in results["arms"].items():
+            if ratio not in by_ratio:
+                continue
             measured = by_ratio[ratio]
-            latency = measured["latency_ms"]
-            lines.append(
-                f"| {arm} {100 * ratio:g}% | {100 * measured['weights_remaining']:.2f}% | {accuracy_cell(measured['accuracy'])} "
+            row = (
+                f"| {arm} {100 * ratio:g}% | {100 * measured['weights_remaining']:.2f}% | {accuracy_cell(measured['accuracy'], seeds)} "
                 f"| {100 * (mean(measured['accuracy']) - mean(dense['accuracy'])):+.2f} pp | {measured['parameters']:,} "
-                f"| {measured['flops'] / 1e6:.2f} | {latency[1]:.3f} / {latency[64]:.2f} "
-                f"| {latency[64] / dense_latency[64]:.2f}× |"
+                f"| {measured['flops'] / 1e6:.2f} |"
             )
+            if timed:
+                latency = measured["latency_ms"]
+                row += f" {latency[1]:.3f} / {latency[64]:.2f} | {latency[64] / dense['latency_ms'][64]:.2f}× |"
+            lines.append(row)
     return "\n".join(lines)
 
 
-def goals(results):
-    """The issue's goals, each measured: SI+FD against plain at every ratio; at 10%, SI+FD against
-    dense and against the IMP ticket; the 10% factorized model's batch-64 latency against dense."""
+def complete(measured, seeds):
+    return measured is not None and len(measured["accuracy"]) == len(seeds)
+
+
+def goals(results, seeds):
+    """The issue's goals, each measured where every seed has done its arms (else left out): SI+FD
+    against plain at every ratio; at 10%, SI+FD against dense and against the IMP ticket; the 10%
+    factorized model's batch-64 latency against dense."""
     arms_, dense = results["arms"], results["dense"]
-    at_10 = arms_["SI+FD"][0.10]
-    return {
-        "si_fd_minus_plain_pp": {
-            ratio: 100 * (mean(arms_["SI+FD"][ratio]["accuracy"]) - mean(arms_["plain"][ratio]["accuracy"])) for ratio in RATIOS
-        },
-        "si_fd_minus_dense_pp_at_10": 100 * (mean(at_10["accuracy"]) - mean(dense["accuracy"])),
-        "si_fd_minus_imp_pp_at_10": 100 * (mean(at_10["accuracy"]) - mean(arms_["IMP"][0.10]["accuracy"])),
-        "latency_b64_vs_dense_at_10": at_10["latency_ms"][64] / dense["latency_ms"][64],
-    }
+    found = {"si_fd_minus_plain_pp": {}}
+    for ratio in RATIOS:
+        si_fd, plain = arms_["SI+FD"].get(ratio), arms_["plain"].get(ratio)
+        if complete(si_fd, seeds) and complete(plain, seeds):
+            found["si_fd_minus_plain_pp"][ratio] = 100 * (mean(si_fd["accuracy"]) - mean(plain["accuracy"]))
+    at_10 = arms_["SI+FD"].get(0.10)
+    if complete(at_10, seeds) and complete(dense, seeds):
+        found["si_fd_minus_dense_pp_at_10"] = 100 * (mean(at_10["accuracy"]) - mean(dense["accuracy"]))
+        if "latency_ms" in at_10:
+            found["latency_b64_vs_dense_at_10"] = at_10["latency_ms"][64] / dense["latency_ms"][64]
+    if complete(at_10, seeds) and complete(arms_["IMP"].get(0.10), seeds):
+        found["si_fd_minus_imp_pp_at_10"] = 100 * (mean(at_10["accuracy"]) - mean(arms_["IMP"][0.10]["accuracy"]))
+    return found
+
+
+def claim(title, results, seeds):
+    """One line: Khodak et al.'s claim against the ticket, SI+FD above the IMP ticket at every
+    ratio (mean over the seeds), with the gaps; pending while an arm of it is not done."""
+    name = f"{title}: SI+FD above the IMP ticket at equal weights (Khodak et al.)"
+    gaps = {}
+    for ratio in RATIOS:
+        si_fd, imp = results["arms"]["SI+FD"].get(ratio), results["arms"]["IMP"].get(ratio)
+        if complete(si_fd, seeds) and complete(imp, seeds):
+            gaps[ratio] = 100 * (mean(si_fd["accuracy"]) - mean(imp["accuracy"]))
+    if len(gaps) < len(RATIOS):
+        return f"{name}: pending ({len(gaps)} of {len(RATIOS)} ratios done by every seed)"
+    gap_text = ", ".join(f"{gap:+.2f} pp at {100 * ratio:g}%" for ratio, gap in gaps.items())
+    return f"{name}: {verdict(all(gap > 0 for gap in gaps.values()))} (SI+FD − IMP: {gap_text})"
 
 
 def figure(all_results, seeds, path):
@@ -357,61 +452,77 @@ def figure(all_results, seeds, path):
     fig, axes = plt.subplots(1, len(all_results), figsize=(6.5 * len(all_results), 4.8))
     axes = list(axes) if len(all_results) > 1 else [axes]
     for axis, (name, results) in zip(axes, all_results.items()):
-        dense = results["dense"]
-        axis.axhline(100 * mean(dense["accuracy"]), color="black", ls=":", label="dense")
+        if results["dense"]:
+            axis.axhline(100 * mean(results["dense"]["accuracy"]), color="black", ls=":", label="dense")
         for arm, by_ratio in results["arms"].items():
-            points = [by_ratio[ratio] for ratio in RATIOS]
+            points = [by_ratio[ratio] for ratio in RATIOS if ratio in by_ratio]
+            if not points:
+                continue
             accuracy = [[100 * a for a in p["accuracy"].values()] for p in points]
             centre = [statistics.fmean(a) for a in accuracy]
             spread = [[c - min(a) for c, a in zip(centre, accuracy)], [max(a) - c for c, a in zip(centre, accuracy)]]
             remaining = [100 * p["weights_remaining"] for p in points]
             style = "--" if arm in ("IMP", "slim") else "-"
             axis.errorbar(remaining, centre, yerr=spread, marker="o", capsize=3, ls=style, label=arm)
-        axis.set_title(f"{name}: {SETUPS[name].model} on {SETUPS[name].dataset}")
+        axis.set_title(f"{name}: {SETUPS[name].model} (width {SETUPS[name].width:g}) on {SETUPS[name].dataset}")
         axis.set_ylabel("final test accuracy (%)")
     report.save_density_figure(fig, axes, f"factorized vs pruned at equal weights, {len(seeds)} seed(s); bars: min-max", path)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=0, help="every training (0: lenet 5000, vgg 1000)")
-    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--iterations", type=int, default=0, help="every training (0: the setup's own: lenet 5000, vgg 1000, vgg-0.5 18120)")
+    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), help="default: the preset's (cpu: lenet vgg; gpu: vgg-0.5)")
+    add_arm_options(parser, PRESETS)
     args = parse_seeded_args(parser, Path("/tmp/lottery-factorized"))
-    if args.seed is not None:
-        return one_seed(args)
-
-    base = fresh_workdir(args.workdir)
+    apply_preset(args, PRESETS)
+    begun = begin(args, "factorized", all_arms)
+    if begun is None:
+        return
+    stem, arms_file, base, arms = begun
     store_params = params(base, args.seeds[0], SETUPS[args.setups[0]], 10)
     tracking.publish(store_params, records.lineage(store_params))  # create the store once
     start = time.perf_counter()
-    arguments = ["--iterations", str(args.iterations), "--workdir", str(args.workdir), "--setups", *args.setups]
-    run_seeds(__file__, args.seeds, arguments)
-    trained_minutes = (time.perf_counter() - start) / 60
-    all_results = {name: collect(args, name, SETUPS[name]) for name in args.setups}
+    options = child_arguments(args, "iterations", "workdir", "setups", "preset", "out", "max_arms")
+    finished_run = run_seed_processes(__file__, args.seeds, options)
+    run_minutes = (time.perf_counter() - start) / 60
+    finished = arms_file.finished_entries(arms)
+    all_results = {name: collect(finished, args.seeds, name) for name in args.setups}
+    timed = args.latency and finished_run  # a stopped run reports at once
+    if timed:
+        add_latency(all_results)
     titles = {
         name: f"{SETUPS[name].model} (width {SETUPS[name].width:g}) on {SETUPS[name].dataset}, "
         f"{args.iterations or SETUPS[name].iterations} iterations per training"
         for name in args.setups
     }
-    width_latency = full_width_latency()
-    text = "\n\n".join([*(table(titles[name], results) for name, results in all_results.items()), full_width_table(width_latency)])
+    tables = [table(titles[name], results, args.seeds) for name, results in all_results.items()]
+    width_latency = full_width_latency() if timed else None
+    if width_latency:
+        tables.append(full_width_table(width_latency))
+    claims = {name: claim(titles[name], results, args.seeds) for name, results in all_results.items()}
+    text = "\n\n".join([*tables, *claims.values()])
     result = {
         "settings": {
+            "preset": args.preset,
             "seeds": args.seeds,
             "iterations": {name: args.iterations or SETUPS[name].iterations for name in args.setups},
             "weight_decay": WEIGHT_DECAY,
             "ratios": RATIOS,
             "setups": {name: dataclasses.asdict(SETUPS[name]) for name in args.setups},
-            "training_minutes": trained_minutes,
+            "arms_file": arms_file.path.name,
+            "arms_done": f"{len(finished)} of {len(arms)}",
+            "minutes_this_run": run_minutes,
         },
-        "goals": {name: goals(results) for name, results in all_results.items()},
+        "claims": claims,
+        "goals": {name: goals(results, args.seeds) for name, results in all_results.items()},
         "results": all_results,
         "full_width_vgg11_latency_ms": width_latency,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / "factorized.json", result)
-    write_text(RESULTS / "factorized.md", text + "\n")
-    figure(all_results, args.seeds, RESULTS / "factorized.png")
+    stem = report_stem(stem, finished, arms)
+    write_json(args.out / f"{stem}.json", result)
+    write_text(args.out / f"{stem}.md", text + "\n")
+    figure(all_results, args.seeds, args.out / f"{stem}.png")
     print(text)
     print(yaml.safe_dump({"settings": result["settings"], "goals": result["goals"]}, sort_keys=False))
 

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lottery import hparams, paths, pipeline, records, replicates, report, tracking  # noqa: E402
+from structured_fmnist import enter_workspace  # noqa: E402
 from lottery.io import write_json, write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -49,11 +50,7 @@ def one_seed(args):
 
     torch.set_num_threads(1)
     workspace = args.workdir / f"seed_{args.seed}"
-    (workspace / "data").mkdir(parents=True, exist_ok=True)
-    link = workspace / "data" / "mnist"
-    if not link.exists():
-        link.symlink_to(ROOT / "data" / "mnist")
-    os.chdir(workspace)
+    enter_workspace(workspace, "mnist")
     pipeline.run_lineage(bench_params(args.seed, args.iterations, args.rounds))
 
 

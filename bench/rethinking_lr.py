@@ -8,9 +8,9 @@ small rate's accuracy is below the usual large one's (0.1); with structured prun
 filters) the original init did not help. The lottery ticket paper's answer for VGG-19 was a
 learning-rate warmup at 0.1 (10k of its 112k iterations).
 
-The small BatchNorm VGG-11 of bench/structured_fmnist.py (width 0.25, Kaiming-normal θ0), SGD
-with momentum 0.9, batch 128, `--iterations` per training, learning rate ×0.1 at 50% and 75%.
-For every seed in `--seeds`, side by side:
+A BatchNorm VGG-11 of width `--width` (Kaiming-normal θ0), SGD with momentum 0.9, batch 128,
+`--iterations` per training, learning rate ×0.1 at 50% and 75%. For every seed in `--seeds`, side
+by side, the variants in `--variants`:
 
   lr-0.1          unstructured: global magnitude pruning of the conv weights (the output layer
                   at VGG's default rate), one-shot from the dense weights, 75% per round for 2
@@ -23,17 +23,26 @@ For every seed in `--seeds`, side by side:
   l1-50           structured at 0.1: l1_filter, 50% of each layer's filters, one round, ticket
                   against reinit; it shares lr-0.1's dense run
 
-Every branch runs the pipeline's own stage functions in a workspace of its own, one process and
-one thread per seed. A seed trains 17 times (3 dense runs, 12 retrainings, 2 of l1-50) at about
-8.8 it/s on one core here, and evaluation costs about as much again: each training measures the
-validation split (2,000 held-out images) 5 times and the full test set wherever the validation
-loss improves. The default of 1,000 iterations (2.2 epochs of the 58,000 training images) keeps
-two seeds side by side to about 40 minutes.
-Writes bench/results/rethinking_lr.{json,md,png} and prints the table: final test accuracy of
-ticket and reinit per variant and sparsity (accuracy at the early stop too in the json).
+The arms, kept in the arms file as each finishes (bench/arms.py: a run cut short keeps them, the
+next does only the rest): each variant's dense run, and each round's ticket with its reinit.
+Presets (`--preset`):
+  cpu   (the default, the recorded runs' settings) width 0.25, 1,000 iterations (2.2 epochs of the
+        58,000 training images), every variant. A seed trains 17 times at about 8.8 it/s on one
+        core here, and evaluation costs about as much again: each training measures the
+        validation split (2,000 held-out images) 5 times and the full test set wherever the
+        validation loss improves; two seeds side by side take about 40 minutes.
+  gpu   (issue 27) width 0.5, 20 epochs (9,060 iterations), the three unstructured variants; on
+        the GPU where torch finds one (train.device auto)
+
+Every arm runs the pipeline's own stage functions in a workspace of its own, one process and one
+thread per seed. Writes bench/results/rethinking_lr_arms.json as arms finish, then
+rethinking_lr.{json,md,png} (the gpu preset: rethinking_lr_gpu*), and prints the table (final test
+accuracy of ticket and reinit per variant and sparsity; at the early stop too in the json) and the
+claims' verdicts.
 """
 
 import argparse
+import functools
 import statistics
 import time
 from dataclasses import dataclass
@@ -41,16 +50,20 @@ from pathlib import Path
 
 import yaml
 
-from structured_fmnist import (
-    RESULTS, ROOT, copy_dense_run, enter_workspace, fresh_workdir, parse_seeded_args, run_seeds
+from arms import (
+    Arm, add_arm_options, apply_preset, arm_key, begin, child_arguments, evaluated_examples, run_seed_processes,
+    report_stem, training_minutes, verdict,
 )
+from structured_fmnist import ROOT, copy_dense_run, enter_workspace, parse_seeded_args
 
-from lottery import hparams, paths, pipeline, records, report, tracking  # noqa: E402
+from lottery import compression, data, hparams, models, paths, pipeline, records, report, tracking  # noqa: E402
 from lottery.io import read_json, write_json, write_text  # noqa: E402
 
 CONTROL = "reinit"
 ACCURACIES = ("final_test_accuracy", "test_accuracy_at_early_stop")
 HEADLINE = "final_test_accuracy"
+VALIDATION = 2000
+TEST_EXAMPLES = 10_000
 
 
 @dataclass(frozen=True)
@@ -83,16 +96,21 @@ VARIANTS = {
         dense_of="lr-0.1",
     ),
 }
+PRESETS = {
+    "cpu": {"iterations": 1000, "width": 0.25, "variants": list(VARIANTS)},
+    # 20 epochs of the 58,000 training images at batch 128 (453 iterations each).
+    "gpu": {"iterations": 20 * (58_000 // 128), "width": 0.5, "variants": ["lr-0.1", "lr-0.01", "lr-0.1-warmup"]},
+}
 
 
-def params(base, seed, iterations, variant):
+def params(base, seed, iterations, width, variant):
     """`base`: the project's params.yaml as the run started (so editing it mid-run changes nothing)."""
     raw = yaml.safe_load(base.read_text())
     raw["seed"] = seed
     raw["data"].update(
-        dataset="fashion_mnist", source="local", local_root=str(ROOT / "data" / "fashion_mnist"), validation_size=2000
+        dataset="fashion_mnist", source="local", local_root=str(ROOT / "data" / "fashion_mnist"), validation_size=VALIDATION
     )
-    raw["model"].update(name="vgg11", width=0.25, init="kaiming_normal")
+    raw["model"].update(name="vgg11", width=width, init="kaiming_normal")
     raw["train"].update(
         optimizer="sgd",
         lr=variant.lr,
@@ -124,28 +142,64 @@ def round_zero_identity(hp):
     return {section: values for section, values in hp.identity().items() if section != "prune"}
 
 
-def one_seed(args):
-    import torch
+def dense_key(seed, name):
+    """The arm of the dense run variant `name` prunes (its own, or the one it shares)."""
+    return arm_key({"seed": seed, "variant": VARIANTS[name].dense_of or name, "round": 0})
 
-    torch.set_num_threads(1)
-    seed_dir = args.workdir / f"seed_{args.seed}"
-    for name, variant in VARIANTS.items():
-        hp = params(args.workdir / "params.base.yaml", args.seed, args.iterations, variant)
-        enter_workspace(seed_dir / name)
-        started = time.perf_counter()
-        if variant.dense_of:
-            shared = params(args.workdir / "params.base.yaml", args.seed, args.iterations, VARIANTS[variant.dense_of])
-            if round_zero_identity(shared) != round_zero_identity(hp):
-                raise AssertionError(f"{name}: its round 0 differs from {variant.dense_of}'s, which it would copy")
-            copy_dense_run(seed_dir / variant.dense_of)
-        else:
-            pipeline.init(hp)
-            pipeline.train_dense(hp)
+
+def seed_arms(args, base, seed):
+    """A seed's arms in the order they run: per variant its dense run (unless it shares another's),
+    then each round's ticket with its reinit. An arm's settings: the digest of the variant's
+    params (and, for a round, those of the dense run it prunes)."""
+    seed_dir = args.workdir / f"seed_{seed}"
+    spec = data.DATASETS["fashion_mnist"]
+    shapes = models.build("vgg11", spec.input_shape, spec.num_classes, seed=seed, width=args.width)
+    forward = compression.flops(shapes, shapes.input_shape)
+    found = []
+    for name in args.variants:
+        variant = VARIANTS[name]
+        hp = params(base, seed, args.iterations, args.width, variant)
+        dense_hp = params(base, seed, args.iterations, args.width, VARIANTS[variant.dense_of or name])
+        if round_zero_identity(dense_hp) != round_zero_identity(hp):
+            raise AssertionError(f"{name}: its round 0 differs from {variant.dense_of}'s, which it would copy")
+        one_training = training_minutes(forward, 128, args.iterations, evaluated_examples(hp.train, VALIDATION, TEST_EXAMPLES))
+        if not variant.dense_of:
+            run = functools.partial(dense_run, seed_dir / name, hp)
+            settings = {"params": hparams.digest([hp.identity()])}
+            found.append(Arm({"seed": seed, "variant": name, "round": 0}, settings, run, one_training))
         for round_ in range(1, variant.rounds + 1):
-            for step in (pipeline.prune, pipeline.rewind, pipeline.retrain, pipeline.evaluate):
-                step(hp, round_)
-            pipeline.control(hp, round_, CONTROL)
-        write_json(Path("bench_seconds.json"), {"seconds": time.perf_counter() - started})
+            run = functools.partial(round_run, seed_dir, name, hp, round_)
+            settings = {"params": hparams.digest([dense_hp.identity(), hp.identity()])}
+            coordinates = {"seed": seed, "variant": name, "round": round_}
+            found.append(Arm(coordinates, settings, run, 2 * one_training, (dense_key(seed, name),)))
+    return found
+
+
+def all_arms(args, base):
+    return [arm for seed in args.seeds for arm in seed_arms(args, base, seed)]
+
+
+def dense_run(workspace, hp):
+    enter_workspace(workspace)
+    pipeline.init(hp)
+    pipeline.train_dense(hp)
+    return {"dense": accuracies(paths.round_metrics(0))}
+
+
+def round_run(seed_dir, name, hp, round_):
+    """Round r of variant `name` (one-shot: pruned from its dense run): the ticket and its reinit."""
+    enter_workspace(seed_dir / name)
+    shared = VARIANTS[name].dense_of
+    if shared and not paths.round_metrics(0).exists():
+        copy_dense_run(seed_dir / shared)
+    for step in (pipeline.prune, pipeline.rewind, pipeline.retrain, pipeline.evaluate):
+        step(hp, round_)
+    pipeline.control(hp, round_, CONTROL)
+    return {
+        "weights_remaining": read_json(paths.round_metrics(round_))["weights_remaining"],
+        "ticket": accuracies(paths.round_metrics(round_)),
+        CONTROL: accuracies(paths.round_metrics(round_, CONTROL)),
+    }
 
 
 def accuracies(metrics_path):
@@ -153,25 +207,35 @@ def accuracies(metrics_path):
     return {key: metrics[key] for key in ACCURACIES}
 
 
-def collect(args):
+def collect(args, finished):
     """{variant: {dense, rounds: {round: {weights_remaining, ticket, reinit}}, seconds}}, each
-    accuracy and time as {seed: value}."""
+    accuracy and time as {seed: value} over the seeds that have done the arm; arms no seed has
+    done are left out."""
+
+    def done(name, round_):
+        entries = {seed: finished.get(arm_key({"seed": seed, "variant": name, "round": round_})) for seed in args.seeds}
+        return {seed: entry for seed, entry in entries.items() if entry}
+
     results = {}
-    for name, variant in VARIANTS.items():
-        workspaces = {seed: args.workdir / f"seed_{seed}" / name for seed in args.seeds}
+    for name in args.variants:
+        variant = VARIANTS[name]
+        dense = done(variant.dense_of or name, 0)
         rounds = {}
+        seconds = {}
         for round_ in range(1, variant.rounds + 1):
-            remaining = [read_json(w / paths.round_metrics(round_))["weights_remaining"] for w in workspaces.values()]
-            rounds[round_] = {
-                "weights_remaining": statistics.fmean(remaining),
-                "ticket": {seed: accuracies(w / paths.round_metrics(round_)) for seed, w in workspaces.items()},
-                CONTROL: {seed: accuracies(w / paths.round_metrics(round_, CONTROL)) for seed, w in workspaces.items()},
-            }
-        results[name] = {
-            "dense": {seed: accuracies(w / paths.round_metrics(0)) for seed, w in workspaces.items()},
-            "rounds": rounds,
-            "seconds": {seed: read_json(w / "bench_seconds.json")["seconds"] for seed, w in workspaces.items()},
-        }
+            entries = done(name, round_)
+            if entries:
+                rounds[round_] = {
+                    "weights_remaining": statistics.fmean(e["result"]["weights_remaining"] for e in entries.values()),
+                    "ticket": {seed: e["result"]["ticket"] for seed, e in entries.items()},
+                    CONTROL: {seed: e["result"][CONTROL] for seed, e in entries.items()},
+                }
+            for seed, entry in entries.items():
+                seconds[seed] = seconds.get(seed, 0.0) + entry["seconds"]
+        if not variant.dense_of:
+            for seed, entry in dense.items():
+                seconds[seed] = seconds.get(seed, 0.0) + entry["seconds"]
+        results[name] = {"dense": {seed: e["result"]["dense"] for seed, e in dense.items()}, "rounds": rounds, "seconds": seconds}
     return results
 
 
@@ -188,34 +252,95 @@ def gap_pp(first, second, key=HEADLINE):
     return 100 * (statistics.fmean(values(first, key)) - statistics.fmean(values(second, key)))
 
 
-def table(results):
+def complete(per_seed, seeds):
+    return len(per_seed) == len(seeds)
+
+
+def table(results, seeds):
     lines = [
         "| variant | weights remaining | ticket acc. (mean; per seed) | random reinit acc. (mean; per seed) "
         "| Δ ticket − reinit | Δ at early stop | dense acc. |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    pending = []
     for name, result in results.items():
-        dense = statistics.fmean(values(result["dense"]))
-        for measured in result["rounds"].values():
+        dense = f"{100 * statistics.fmean(values(result['dense'])):.2f}%" if result["dense"] else "pending"
+        for round_ in range(1, VARIANTS[name].rounds + 1):
+            measured = result["rounds"].get(round_)
+            if not measured or not complete(measured["ticket"], seeds):
+                pending.append(f"{name} round {round_}")
+                continue
             ticket, reinit = measured["ticket"], measured[CONTROL]
             lines.append(
                 f"| {name} | {100 * measured['weights_remaining']:.2f}% "
                 f"| {percent_cell(ticket)} | {percent_cell(reinit)} | {gap_pp(ticket, reinit):+.2f} pp "
-                f"| {gap_pp(ticket, reinit, 'test_accuracy_at_early_stop'):+.2f} pp | {100 * dense:.2f}% |"
+                f"| {gap_pp(ticket, reinit, 'test_accuracy_at_early_stop'):+.2f} pp | {dense} |"
             )
+    if pending:
+        lines.append(f"\nPending (not done by every seed): {', '.join(pending)}")
     return "\n".join(lines)
 
 
-def small_lr_gaps(results):
-    """lr-0.01 − lr-0.1 in percentage points, dense and each round's ticket (Liu et al.: below 0)."""
+def small_lr_gaps(results, seeds):
+    """lr-0.01 − lr-0.1 in percentage points, dense and each round's ticket (Liu et al.: below 0),
+    where both are done by every seed."""
+    if not {"lr-0.01", "lr-0.1"} <= results.keys():
+        return {}
     small, large = results["lr-0.01"], results["lr-0.1"]
-    gaps = {"dense": gap_pp(small["dense"], large["dense"])}
+    gaps = {}
+    if complete(small["dense"], seeds) and complete(large["dense"], seeds):
+        gaps["dense"] = gap_pp(small["dense"], large["dense"])
     for round_, measured in small["rounds"].items():
-        gaps[f"ticket_round_{round_}"] = gap_pp(measured["ticket"], large["rounds"][round_]["ticket"])
+        other = large["rounds"].get(round_)
+        if other and complete(measured["ticket"], seeds) and complete(other["ticket"], seeds):
+            gaps[f"ticket_round_{round_}"] = gap_pp(measured["ticket"], other["ticket"])
     return gaps
 
 
-def figure(results, seeds, path):
+def init_helps(result, seeds):
+    """(every seed's ticket above its reinit at every round, the gaps in pp per round and seed),
+    or None while a round is not done by every seed."""
+    rounds = result["rounds"]
+    if len(rounds) < 2 or not all(complete(measured["ticket"], seeds) for measured in rounds.values()):
+        return None
+    gaps = {
+        round_: [100 * (t[HEADLINE] - r[HEADLINE]) for t, r in zip(m["ticket"].values(), m[CONTROL].values())]
+        for round_, m in rounds.items()
+    }
+    return all(gap > 0 for per_seed in gaps.values() for gap in per_seed), gaps
+
+
+def claims(results, seeds):
+    """One line each: Liu et al.'s (the inherited init helps, every seed's ticket above its reinit
+    at every sparsity, at lr 0.01 and not at 0.1) and Frankle & Carbin's answer (with warmup at
+    0.1 it helps); pending while an arm is not done."""
+
+    def described(name):
+        helps = init_helps(results[name], seeds) if name in results else None
+        if helps is None:
+            return None, f"{name} pending"
+        per_round = "; ".join(
+            f"{100 * results[name]['rounds'][round_]['weights_remaining']:.1f}%: {', '.join(f'{g:+.2f}' for g in gaps)}"
+            for round_, gaps in helps[1].items()
+        )
+        return helps[0], f"{name} ticket − reinit per seed {per_round} pp"
+
+    small, small_text = described("lr-0.01")
+    large, large_text = described("lr-0.1")
+    warm, warm_text = described("lr-0.1-warmup")
+    rethinking = "Rethinking (Liu et al.): the inherited init helps only at the small learning rate"
+    lines = {
+        "rethinking": f"{rethinking}: "
+        + ("pending" if None in (small, large) else verdict(small and not large))
+        + f" ({small_text}; {large_text})",
+        "warmup": "LTH (Frankle & Carbin): with warmup at 0.1 the ticket beats its reinit: "
+        + ("pending" if warm is None else verdict(warm))
+        + f" ({warm_text})",
+    }
+    return lines
+
+
+def figure(results, seeds, width, path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,14 +349,16 @@ def figure(results, seeds, path):
     fig, axis = plt.subplots(figsize=(7.5, 4.8))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for colour, (name, result) in zip(colours, results.items()):
-        measured = list(result["rounds"].values())
+        measured = [m for m in result["rounds"].values() if complete(m["ticket"], seeds)]
+        if not measured or not complete(result["dense"], seeds):
+            continue
         remaining = [m["weights_remaining"] for m in measured]
         # Pruning nothing leaves the dense run: the ticket's curve starts there.
         ticket = [result["dense"], *(m["ticket"] for m in measured)]
         plot_arm(axis, [1.0, *remaining], ticket, color=colour, ls="-", label=f"{name} ticket")
         plot_arm(axis, remaining, [m[CONTROL] for m in measured], color=colour, ls="--", label=f"{name} {CONTROL}")
     axis.set_ylabel("final test accuracy (%)")
-    title = f"VGG-11 (width 0.25) on Fashion-MNIST, {len(seeds)} seed(s); error bars: min-max over seeds"
+    title = f"VGG-11 (width {width:g}) on Fashion-MNIST, {len(seeds)} seed(s); error bars: min-max over seeds"
     report.save_density_figure(fig, [axis], title, path)
 
 
@@ -245,21 +372,33 @@ def plot_arm(axis, remaining, per_seed, **style):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=1000, help="every training, dense or pruned (453 per epoch)")
+    parser.add_argument("--iterations", type=int, help="every training, dense or pruned (453 per epoch; cpu: 1000, gpu: 9060)")
+    parser.add_argument("--width", type=float, help="VGG-11's width (cpu: 0.25; gpu: 0.5)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: the preset's")
+    add_arm_options(parser, PRESETS)
     args = parse_seeded_args(parser, Path("/tmp/lottery-rethinking-lr"))
-    if args.seed is not None:
-        return one_seed(args)
-
-    base = fresh_workdir(args.workdir)
-    store_params = params(base, args.seeds[0], args.iterations, VARIANTS["lr-0.1"])
+    apply_preset(args, PRESETS)
+    missing = {VARIANTS[name].dense_of for name in args.variants} - {None} - set(args.variants)
+    if missing:
+        parser.error(f"--variants: {', '.join(sorted(missing))} too (whose dense run the others share)")
+    begun = begin(args, "rethinking_lr", all_arms)
+    if begun is None:
+        return
+    stem, arms_file, base, arms = begun
+    store_params = params(base, args.seeds[0], args.iterations, args.width, VARIANTS[args.variants[0]])
     tracking.publish(store_params, records.lineage(store_params))  # create the store once
     start = time.perf_counter()
-    run_seeds(__file__, args.seeds, ["--iterations", str(args.iterations), "--workdir", str(args.workdir)])
-    results = collect(args)
-    text = table(results)
+    options = child_arguments(args, "iterations", "width", "variants", "workdir", "preset", "out", "max_arms")
+    run_seed_processes(__file__, args.seeds, options)
+    run_minutes = (time.perf_counter() - start) / 60
+    finished = arms_file.finished_entries(arms)
+    results = collect(args, finished)
+    verdicts = claims(results, args.seeds)
+    text = "\n\n".join([table(results, args.seeds), *verdicts.values()])
     result = {
         "settings": {
-            "model": "vgg11 width 0.25 (BatchNorm), kaiming_normal init",
+            "preset": args.preset,
+            "model": f"vgg11 width {args.width:g} (BatchNorm), kaiming_normal init",
             "dataset": "fashion_mnist (58k train / 2k validation / 10k test)",
             "seeds": args.seeds,
             "iterations": args.iterations,
@@ -267,15 +406,18 @@ def main():
             "milestones": store_params.train.milestones,
             "warmup_iterations": args.iterations // 10,
             "control": CONTROL,
-            "minutes": (time.perf_counter() - start) / 60,
+            "arms_file": arms_file.path.name,
+            "arms_done": f"{len(finished)} of {len(arms)}",
+            "minutes_this_run": run_minutes,
         },
+        "claims": verdicts,
         "variants": results,
-        "lr_0.01_minus_lr_0.1_pp": small_lr_gaps(results),
+        "lr_0.01_minus_lr_0.1_pp": small_lr_gaps(results, args.seeds),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / "rethinking_lr.json", result)
-    write_text(RESULTS / "rethinking_lr.md", text + "\n")
-    figure(results, args.seeds, RESULTS / "rethinking_lr.png")
+    stem = report_stem(stem, finished, arms)
+    write_json(args.out / f"{stem}.json", result)
+    write_text(args.out / f"{stem}.md", text + "\n")
+    figure(results, args.seeds, args.width, args.out / f"{stem}.png")
     print(text)
     print(yaml.safe_dump({key: result[key] for key in ("settings", "lr_0.01_minus_lr_0.1_pp")}, sort_keys=False))
 

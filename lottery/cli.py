@@ -7,17 +7,23 @@
   lottery lineage show L           one lineage's round table
   lottery lineage diff A B         params, per-round metrics, mask overlap and ranks of two lineages
   lottery lineage reproduce L      re-run a lineage from its commit and params; do results match?
+  lottery warm status | stop       the warm worker that serves this interpreter: its pid, start, log; stop it
+  lottery compare A B ...          lineages or seed groups side by side at equal weights remaining
 """
 
 import argparse
+import datetime
 import json
+import os
 import re
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import yaml
 
-from lottery import hparams, paths, warm, yaml12
+from lottery import hparams, paths, terminal, warm, yaml12
 from lottery.errors import UserError
 from lottery.io import read_text, write_text
 
@@ -116,8 +122,25 @@ def cmd_list(args):
     from lottery import lineage
 
     store = _store(args)
-    rows = [lineage.summary_row(store.load(parent)) for parent in store.parents()]
-    _emit(args, rows, table(rows) if rows else "no lineages")
+    parents, found = store.parents(), []
+    with terminal.Bar("reading lineages", len(parents)) as bar:
+        for parent in parents:
+            found.append(store.load(parent))
+            bar.step()
+    _emit(args, [lineage.summary_row(each) for each in found], format_list(found))
+
+
+def format_list(found):
+    """The lineages as a table as wide as the terminal: what tells them apart (lineage.listing)."""
+    from lottery import lineage
+
+    if not found:
+        return "no lineages"
+    rows, columns = lineage.listing(found)
+    text, left_out = terminal.fit(rows, columns, lineage.LISTED, table)
+    if left_out:
+        text += "\n" + textwrap.fill(f"also differ (a wider terminal shows them): {', '.join(left_out)}", terminal.width())
+    return text
 
 
 def cmd_show(args):
@@ -132,7 +155,7 @@ def cmd_diff(args):
     from lottery import lineage
 
     store = _store(args)
-    result = lineage.diff(store, store.find(args.a), store.find(args.b))
+    result = lineage.diff(store, store.find(args.a), store.find(args.b), progress=terminal.Bar)
     result["differs"] = lineage.differs(result)
     _emit(args, result, format_diff(result) + f"\n\n{'lineages differ' if result['differs'] else 'no differences'}")
 
@@ -141,7 +164,7 @@ def cmd_reproduce(args):
     from lottery import lineage
 
     store = _store(args)
-    result = lineage.reproduce(store, store.find(args.lineage), Path.cwd(), keep=args.keep)
+    result = lineage.reproduce(store, store.find(args.lineage), Path.cwd(), keep=args.keep, progress=terminal.Bar)
     mismatches = [c for c in result["checks"] if not c["match"]]
     lines = [table(mismatches)] if mismatches else []
     if result["differences"]:
@@ -152,6 +175,53 @@ def cmd_reproduce(args):
     _emit(args, result, "\n".join(lines))
     if not result["match"]:
         sys.exit(1)
+
+
+def format_warm(found, stopped=False):
+    """`lottery warm status` (or `stop`, `stopped`) in lines: the worker's pid, since when, its idle
+    limit, socket and log; or that none serves this interpreter."""
+    log = found["log"] or "(none yet)"
+    if found["pid"] is None:
+        off = " (LOTTERY_WARM=0: stages run without one)" if os.environ.get("LOTTERY_WARM") == "0" else ""
+        lines = [f"no warm worker serves {sys.executable}{off}", f"socket: {found['socket']}", f"log:    {log}"]
+        return "\n".join(lines + (["nothing to stop"] if stopped else []))
+    since = datetime.datetime.fromtimestamp(found["since"]).strftime("%Y-%m-%d %H:%M:%S")
+    minutes = (time.time() - found["since"]) / 60
+    lines = [
+        f"{'stopped warm worker' if stopped else 'warm worker'} {found['pid']}, {found['state']} since {since} ({minutes:.0f} min)",
+        f"serves: {sys.executable}; stops after {found['idle_seconds']:g} s without a stage",
+        f"socket: {found['socket']}",
+        f"log:    {log}",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_warm_status(args):
+    found = warm.status()
+    _emit(args, found, format_warm(found))
+
+
+def cmd_warm_stop(args):
+    try:
+        found = warm.stop()
+    except OSError as err:
+        raise UserError(str(err)) from err
+    _emit(args, found, format_warm(found, stopped=True))
+
+
+def cmd_compare(args):
+    from lottery import compare
+
+    store = _store(args)
+    result = compare.compare(store, args.lineages, all_seeds=args.all_seeds, progress=terminal.Bar)
+    text = compare.format_table(result)
+    compare.figure(result, args.figure)
+    if args.table:
+        write_text(args.table, text + "\n")
+    if args.log:
+        result["run_id"] = compare.log(store, result, text, args.figure)
+    logged = f"; logged to MLflow run {result['run_id']}" if args.log else ""
+    _emit(args, result, f"{text}\n\nfigure: {args.figure}{logged}")
 
 
 def parser():
@@ -165,6 +235,18 @@ def parser():
     replicates.add_argument("--seeds", type=int, nargs="+", help="these seeds, each of which must have a lineage (default: every seed found)")
     replicates.set_defaults(handler=cmd_replicates)
     commands.add_parser("sync", help="complete MLflow from the DVC outputs here").set_defaults(handler=cmd_sync)
+    compare = commands.add_parser("compare", help="lineages or seed groups side by side at equal weights remaining")
+    compare.add_argument("lineages", nargs="+", metavar="[LABEL=]NAME[:CONTROL]",
+                         help="a lineage (parent run id, DVC experiment name, run name or lineage hash prefix) or a "
+                         "replicate group hash prefix; :CONTROL compares that control branch (e.g. :random_sparse)")
+    compare.add_argument("--all-seeds", action="store_true", help="a named lineage stands for every seed of its replicate group")
+    compare.add_argument("--figure", default="compare.png", help="the PNG to write (default: compare.png)")
+    compare.add_argument("--table", help="also write the table (Markdown) to this file")
+    compare.add_argument("--log", action="store_true", help="log table and figure as artifacts of a comparison run in MLflow")
+    compare.add_argument("--json", action="store_true", help="machine-readable output")
+    compare.add_argument("--uri", help="tracking URI (default: params' tracking.uri or $MLFLOW_TRACKING_URI)")
+    compare.add_argument("--experiment", help="MLflow experiment (default: params' tracking.experiment)")
+    compare.set_defaults(handler=cmd_compare)
     lineage = commands.add_parser("lineage", help="list, show, diff and reproduce lineages").add_subparsers(
         dest="action", required=True
     )
@@ -184,14 +266,25 @@ def parser():
         if action == "reproduce":
             sub.add_argument("--keep", action="store_true", help="keep the worktree and its outputs")
         sub.set_defaults(handler=handler)
+    worker = commands.add_parser("warm", help="the warm worker that serves this interpreter").add_subparsers(dest="action", required=True)
+    for action, handler, text in (
+        ("status", cmd_warm_status, "its pid, since when it listens, its socket and log file"),
+        ("stop", cmd_warm_stop, "stop it (the stages it runs finish; the next stage starts a new one)"),
+    ):
+        sub = worker.add_parser(action, help=text)
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+        sub.set_defaults(handler=handler)
     return main
 
 
 def main(argv=None):
-    if argv is None:
-        # Run as a program (`lottery`, `python -m lottery`): in the warm worker when one answers.
-        warm.hand_off("__main__", module="lottery")
     args = parser().parse_args(argv)
+    if argv is None:
+        # Run as a program (`lottery`, `python -m lottery`): in the warm worker when one answers
+        # (`lottery warm`, which is about that worker, runs here), printing its own lines only.
+        if args.command != "warm":
+            warm.hand_off("__main__", module="lottery")
+        terminal.quiet_libraries()
     try:
         args.handler(args)
     except UserError as err:

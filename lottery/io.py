@@ -70,8 +70,9 @@ def write_bytes(path, payload):
         tmp.write_bytes(payload)
 
 
-def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def write_json(path, obj, sort_keys=True):
+    """`obj` as indented JSON; `sort_keys=False` keeps the dict's order (DVC shows columns in it)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def read_json(path):

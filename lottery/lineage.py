@@ -4,8 +4,10 @@ A lineage is named by its parent run id, its DVC experiment name, its run name, 
 (at least 6 characters) of its parent run id or lineage hash.
 """
 
+import collections
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lottery import deps, hparams, masks, paths, records, tracking
+from lottery import deps, hparams, masks, paths, records, terminal, tracking
 from lottery.errors import UserError
 from lottery.io import load_torch, read_json
 
@@ -31,6 +33,22 @@ ROUND_METRICS = (
 COMPRESSION_METRICS = ("compression.parameter_ratio", "compression.flops_speedup")
 SHOWN_METRICS = ROUND_METRICS + COMPRESSION_METRICS
 KEY_PARAMS = ("model.name", "data.dataset", "prune.strategy", "prune.rate", "rewind.iteration", "seed")
+# The params `method` names a lineage by: `lineage list` shows them as its method, not as columns.
+METHOD_PARAMS = (
+    "prune.strategy",
+    "prune.schedule",
+    "rewind.target",
+    "rewind.iteration",
+    "rewind.scratch_budget",
+    "early_bird.enabled",
+    "factorize.enabled",
+    "factorize.spectral_init",
+    "factorize.frobenius_decay",
+    "supermask.weight_agnostic",
+)
+STRATEGY_NAMES = {"magnitude": "magnitude", "bn_slimming": "slimming", "l1_filter": "L1 filter", "random": "random"}
+# `lineage list`: the columns no terminal is too narrow for.
+LISTED = ("run", "method", "rounds", "remaining", "accuracy")
 
 
 class LineageError(UserError, RuntimeError):
@@ -150,11 +168,84 @@ def summary_row(lineage):
         "dvc_experiment": tags.get(tracking.EXPERIMENT_TAG, ""),
         "git_commit": tags.get(tracking.COMMIT_TAG, "")[:10] + ("+dirty" if tags.get(tracking.DIRTY_TAG) == "true" else ""),
         "code": tags.get(tracking.CODE_TAG, "")[:8],
+        "method": method(params),
         **{key: params.get(key) for key in KEY_PARAMS},
         "rounds": last,
         "weights_remaining": final.get("weights_remaining"),
         "test_accuracy_at_early_stop": final.get("test_accuracy_at_early_stop"),
     }
+
+
+def method(params):
+    """The method that a lineage's params (its parent run's, strings as MLflow holds them) describe,
+    in a few words: IMP, one-shot magnitude, slimming, L1 filter, random, Early-Bird, supermask
+    (weight-agnostic), factorized SI+FD (SI, FD, plain); then how a round starts where it is not
+    θ0: rewind k, fine-tune, Scratch-E or Scratch-B."""
+    return ", ".join(part for part in (_pruning(params), _start(params)) if part)
+
+
+def _pruning(params):
+    if "factorize.spectral_init" in params:
+        parts = [name for name, key in (("SI", "factorize.spectral_init"), ("FD", "factorize.frobenius_decay")) if params.get(key) == "True"]
+        return f"factorized {'+'.join(parts) or 'plain'}"
+    if params.get("early_bird.enabled") == "True":
+        return "Early-Bird"
+    strategy = params.get("prune.strategy", "?")
+    if strategy == "edge_popup":
+        return "supermask, weight-agnostic" if params.get("supermask.weight_agnostic") == "True" else "supermask"
+    oneshot = params.get("prune.schedule") == "oneshot"
+    if strategy == "magnitude" and not oneshot:
+        return "IMP"
+    name = STRATEGY_NAMES.get(strategy, strategy)
+    return f"one-shot {name}" if oneshot else name
+
+
+def _start(params):
+    target = params.get("rewind.target", "init")
+    if target == "init":
+        iteration = params.get("rewind.iteration", "0")
+        return "" if iteration == "0" else f"rewind {iteration}"
+    if target == "scratch":
+        return "Scratch-B" if params.get("rewind.scratch_budget") == "flops" else "Scratch-E"
+    return "fine-tune"
+
+
+def differing(param_sets):
+    """The keys whose value (or presence) is not the same in every one of `param_sets`; KEY_PARAMS
+    first, then by name."""
+    keys = set().union(*param_sets) if param_sets else set()
+    found = [key for key in keys if len({params.get(key) for params in param_sets}) > 1]
+    return sorted(found, key=lambda key: (KEY_PARAMS.index(key) if key in KEY_PARAMS else len(KEY_PARAMS), key))
+
+
+def listing(lineages):
+    """`lineage list` as rows: each lineage's run id (its first 8 characters name it), DVC
+    experiment and method; then what differs between the lineages listed: their params (for a
+    single lineage, KEY_PARAMS; '-' where a lineage has no such param), controls, commit and code;
+    then its last round, weights remaining and test accuracy at early stop. Returns (rows, the
+    columns in display order); of those not in LISTED, the earlier matter more."""
+    params = [found.parent.data.params for found in lineages]
+    varying = differing(params) if len(lineages) > 1 else list(KEY_PARAMS)
+    rows = []
+    for found, values in zip(lineages, params):
+        summary = summary_row(found)
+        rows.append(
+            {
+                "run": summary["parent_run_id"][:8],
+                "experiment": summary["dvc_experiment"],
+                "method": method(values),
+                **{key: values.get(key, "-") for key in varying if key not in METHOD_PARAMS},
+                "controls": found.parent.data.tags.get("lottery.controls", ""),
+                "commit": summary["git_commit"],
+                "code": summary["code"],
+                "rounds": summary["rounds"],
+                "remaining": summary["weights_remaining"],
+                "accuracy": summary["test_accuracy_at_early_stop"],
+            }
+        )
+    provenance = [key for key in ("controls", "commit", "code") if len({row[key] for row in rows}) > 1]
+    shown_params = [key for key in varying if key not in METHOD_PARAMS]
+    return rows, ["run", "experiment", "method", *shown_params, *provenance, "rounds", "remaining", "accuracy"]
 
 
 def round_table(lineage):
@@ -191,9 +282,10 @@ def mask_overlap(mask_a, mask_b):
     return overlap
 
 
-def diff(store, a, b):
+def diff(store, a, b, progress=terminal.no_bar):
     """Params that differ; per round, metrics side by side with deltas, per-layer mask overlap, and
-    per-layer ranks where either lineage is factorized."""
+    per-layer ranks where either lineage is factorized. `progress(label, total)`: a terminal.Bar
+    stepped once per round (whose masks are read from the store)."""
     params_a, params_b = a.parent.data.params, b.parent.data.params
     params = {
         key: {"a": params_a.get(key), "b": params_b.get(key)}
@@ -202,17 +294,11 @@ def diff(store, a, b):
     }
     code_a, code_b = (side.parent.data.tags.get(tracking.CODE_TAG) for side in (a, b))
     rounds = []
-    for round_ in sorted(set(a.rounds) & set(b.rounds)):
-        metrics_a, metrics_b = a.metrics(round_), b.metrics(round_)
-        row = {"round": round_, "metrics": {}}
-        for key in SHOWN_METRICS:
-            va, vb = metrics_a[key], metrics_b[key]
-            row["metrics"][key] = {"a": va, "b": vb, "delta": None if va is None or vb is None else vb - va}
-        mask_a, mask_b = store.mask(a, round_), store.mask(b, round_)
-        row["masks"] = mask_overlap(mask_a, mask_b) if mask_a is not None and mask_b is not None else None
-        ranks_a, ranks_b = a.ranks(round_), b.ranks(round_)
-        row["ranks"] = {layer: {"a": ranks_a.get(layer), "b": ranks_b.get(layer)} for layer in sorted({*ranks_a, *ranks_b})}
-        rounds.append(row)
+    common = sorted(set(a.rounds) & set(b.rounds))
+    with progress("reading masks", len(common)) as bar:
+        for round_ in common:
+            rounds.append(_diff_round(store, a, b, round_))
+            bar.step(f"round {round_}")
     return {
         "a": a.parent.info.run_id,
         "b": b.parent.info.run_id,
@@ -224,6 +310,20 @@ def diff(store, a, b):
     }
 
 
+def _diff_round(store, a, b, round_):
+    """One round of `diff`: metrics with deltas, mask overlap (None if a mask is not reachable), ranks."""
+    metrics_a, metrics_b = a.metrics(round_), b.metrics(round_)
+    row = {"round": round_, "metrics": {}}
+    for key in SHOWN_METRICS:
+        va, vb = metrics_a[key], metrics_b[key]
+        row["metrics"][key] = {"a": va, "b": vb, "delta": None if va is None or vb is None else vb - va}
+    mask_a, mask_b = store.mask(a, round_), store.mask(b, round_)
+    row["masks"] = mask_overlap(mask_a, mask_b) if mask_a is not None and mask_b is not None else None
+    ranks_a, ranks_b = a.ranks(round_), b.ranks(round_)
+    row["ranks"] = {layer: {"a": ranks_a.get(layer), "b": ranks_b.get(layer)} for layer in sorted({*ranks_a, *ranks_b})}
+    return row
+
+
 def differs(result):
     """Whether a diff shows any difference at all."""
     metric_change = any(m["delta"] for r in result["rounds"] for m in r["metrics"].values())
@@ -231,10 +331,11 @@ def differs(result):
     return bool(result["params"] or result["code"] or metric_change or mask_change or result["rounds_only_in_a"] or result["rounds_only_in_b"])
 
 
-def reproduce(store, lineage, project_root, keep=False):
+def reproduce(store, lineage, project_root, keep=False, progress=terminal.no_bar):
     """Re-run a lineage from its git commit and exact params in a fresh worktree with `dvc repro`,
     then compare every round's metrics and mask hash with the recorded ones, and name what differs
-    between the recorded run and this one: the code, and each round's training environment."""
+    between the recorded run and this one: the code, and each round's training environment.
+    `progress(label, total)`: a terminal.Bar stepped as each stage of `dvc repro` starts."""
     commit = lineage.parent.data.tags.get(tracking.COMMIT_TAG)
     if not commit:
         raise LineageError(f"{lineage.name}: its runs recorded no git commit, so its code cannot be restored")
@@ -251,7 +352,7 @@ def reproduce(store, lineage, project_root, keep=False):
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONPATH": str(worktree),  # the lineage's own code, not this checkout's
         }
-        _run(["dvc", "repro"], worktree, env=env)
+        _repro(worktree, env, progress)
         return compare(lineage, worktree, hp) | {"workdir": str(workdir) if keep else None, "commit": commit}
     finally:
         if not keep:
@@ -305,6 +406,29 @@ def differences(lineage, root, hp):
             if recorded.get(key) != reproduced.get(key):
                 found.append({"round": round_, "what": key, "recorded": recorded.get(key), "reproduced": reproduced.get(key)})
     return found
+
+
+# How `dvc repro` says that it starts a stage, or skips one (unchanged, or restored from its run cache).
+STAGE_LINE = re.compile(r"^(?:Running stage|Stage) '([^']+)'")
+
+
+def _repro(worktree, env, progress):
+    """`dvc repro` in `worktree`, a step of the progress bar per stage; its last lines in the error
+    if it fails."""
+    stages = _run(["dvc", "stage", "list", "--name-only"], worktree, env=env).split()
+    command = ["dvc", "repro"]
+    last = collections.deque(maxlen=3)
+    with progress("dvc repro", len(stages)) as bar, subprocess.Popen(
+        command, cwd=worktree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        for line in process.stdout:
+            if line.strip():
+                last.append(line.strip())
+            started = STAGE_LINE.match(line)
+            if started:
+                bar.step(started.group(1))
+    if process.returncode != 0:
+        raise LineageError(f"{' '.join(command)} failed in {worktree}: {' | '.join(last)}")
 
 
 def _run(command, cwd, env=None):

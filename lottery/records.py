@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from lottery import curves, masks, paths
+from lottery import curves, masks, mlflow_view, paths
 from lottery.io import load_torch, read_json
 
 MASK_DIGEST_TAG = "lottery.mask_sha256"
@@ -103,6 +103,7 @@ def pruned(hp, round_):
 def evaluated(hp, round_, control=None):
     """A branch's metrics file, its curve as step metrics (step = training iteration), its mask hash."""
     metrics = dict(numeric_metrics(read_json(paths.round_metrics(round_, control))))
+    metrics.update(mlflow_view.branch_metrics(metrics))  # for MLflow's charts
     curve = curves.read_csv(paths.curve_plot_data(round_, control))
     series = curves.series(curve)  # a point without a test measurement logs no test step
     mask = load_torch(paths.mask(round_, control))
@@ -142,12 +143,19 @@ def compacted(hp, round_):
 
 
 def reported(hp):
-    """report: the smallest matching ticket, and the figure and tables, which change as rounds are added."""
-    smallest = read_json(paths.summary())["smallest_matching_ticket"] or {}
-    files = [paths.rounds_figure(), paths.summary(), paths.compression_plot_data()]
+    """report: the smallest matching ticket, and the figure and tables, which change as rounds are
+    added; the round and compression tables as the run's description, the round table as step
+    metrics (lottery.mlflow_view)."""
+    summary = read_json(paths.summary())
+    smallest = summary["smallest_matching_ticket"] or {}
+    files = [paths.rounds_figure(), paths.summary(), paths.rounds_plot_data(), paths.compression_plot_data()]
+    reports = [paths.compression_report(round_) for round_ in range(1, hp.rounds + 1)]
+    compressions = [read_json(report) for report in reports if report.exists()]
     return Record(
         LINEAGE,
         metrics=dict(numeric_metrics({"smallest_matching_ticket": smallest})),
+        series=mlflow_view.parent_series(summary),
+        tags={mlflow_view.DESCRIPTION_TAG: mlflow_view.description(summary, compressions)},
         artifacts=[file for file in files if file.exists()],
     )
 

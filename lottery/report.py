@@ -4,11 +4,12 @@
 seed]}; round 0 of the ticket is the dense network. A single lineage is one seed.
 """
 
+import math
 import statistics
 
 from lottery.io import atomic_path, csv_text
+from lottery.report_tables import TICKET, branches
 
-TICKET = "ticket"
 COMPARED = ("test_accuracy_at_early_stop", "early_stop_iteration", "final_test_accuracy")
 # Compared too where the lineage measured them (params weight_agnostic.values).
 WEIGHT_AGNOSTIC = ("weight_agnostic_mean_accuracy", "weight_agnostic_best_accuracy")
@@ -64,8 +65,29 @@ def summarize(measurements, tolerance):
     }
 
 
-def branches(summary):
-    return [b for b in summary["rounds"][-1] if isinstance(summary["rounds"][-1][b], dict)]
+def headline(summary):
+    """The lineage in one row of `dvc exp show` (metrics/headline.json): the dense network's test
+    accuracy at early stop; the weights remaining and accuracy of the smallest matching ticket
+    (None if no round matches); the last round, its weights remaining and accuracy; and the
+    verdict on the smallest matching ticket: "winning" (a winning ticket too), "matching" (within
+    the tolerance only) or "no match". Fractions, means over seeds, as in the summary."""
+    accuracy = "test_accuracy_at_early_stop"
+    smallest = summary["smallest_matching_ticket"]
+    rows = {r["round"]: r for r in summary["rounds"]}
+    last = summary["rounds"][-1]
+    if smallest is None:
+        verdict = "no match"
+    else:
+        verdict = "winning" if rows[smallest["round"]].get("winning_ticket") else "matching"
+    return {
+        "dense_acc": summary["dense"][accuracy]["mean"],
+        "match_weights": smallest["weights_remaining"] if smallest else None,
+        "match_acc": smallest[accuracy] if smallest else None,
+        "last_round": last["round"],
+        "last_weights": last["weights_remaining"],
+        "last_acc": last[TICKET][accuracy]["mean"],
+        "verdict": verdict,
+    }
 
 
 def rounds_csv(summary):
@@ -98,25 +120,6 @@ def compression_csv(reports):
         row.update({f"{side}_{f}": r[side][f] for f in COMPRESSION_FIGURES for side in ("dense", "compact")})
         rows.append(row)
     return csv_text(rows, columns)
-
-
-def format_compression_table(reports):
-    """The compression reports as Markdown: compact against dense, theoretical vs measured speedup."""
-    lines = [
-        "| round | form | params | MFLOPs | bytes | latency b1 / b64 (ms) | FLOPs speedup | measured b1 / b64 | timed on |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in reports:
-        dense, compact = r["dense"], r["compact"]
-        lines.append(
-            f"| {r['round']} | {r['form']} | {compact['parameters']:,} / {dense['parameters']:,} "
-            f"| {compact['flops'] / 1e6:.2f} / {dense['flops'] / 1e6:.2f} | {compact['bytes']:,} / {dense['bytes']:,} "
-            f"| {compact['latency_ms_batch_1']:.2f} / {compact['latency_ms_batch_64']:.2f} "
-            f"(dense {dense['latency_ms_batch_1']:.2f} / {dense['latency_ms_batch_64']:.2f}) "
-            f"| {r['flops_speedup']:.2f}x | {r['measured_speedup_batch_1']:.2f}x / {r['measured_speedup_batch_64']:.2f}x "
-            f"| {r['latency_device']} |"
-        )
-    return "\n".join(lines)
 
 
 def format_early_bird(saved):
@@ -157,9 +160,16 @@ def _cell(row, branch, first, second, template, first_scale, second_scale):
 
 
 def figure(summary, path):
+    """Write the round figure (`draw`) to `path` as a PNG."""
+    fig, axes, title = draw(summary)
+    save_density_figure(fig, axes, title, path)
+
+
+def draw(summary):
     """LTH Figures 3-4 style: test accuracy at early stop and early-stop iteration vs percent of
-    weights remaining (log x), ticket vs each control, min-max error bars over seeds; where
-    measured, a third panel of the weight-agnostic accuracy (mean over the shared weights)."""
+    weights remaining, ticket vs each control, with min-max error bars over seeds where there are
+    several; where measured, a third panel of the weight-agnostic accuracy (mean over the shared
+    weights). Returns (figure, axes, title)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,30 +181,67 @@ def figure(summary, path):
     ]
     if WEIGHT_AGNOSTIC[0] in summary["dense"]:
         panels.append((WEIGHT_AGNOSTIC[0], 100, "weight-agnostic accuracy, mean over w (%)"))
+    seeds = summary["seeds"]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
     for branch in branches(summary):
         rows = [r for r in summary["rounds"] if branch in r]
         percent = [100 * r["weights_remaining"] for r in rows]
         for axis, (metric, scale, _) in zip(axes, panels):
             mean = [scale * r[branch][metric]["mean"] for r in rows]
+            if seeds == 1:
+                axis.plot(percent, mean, marker="o", label=branch)
+                continue
             low = [m - scale * r[branch][metric]["min"] for m, r in zip(mean, rows)]
             high = [scale * r[branch][metric]["max"] - m for m, r in zip(mean, rows)]
             axis.errorbar(percent, mean, yerr=[low, high], marker="o", capsize=3, label=branch)
     for axis, (metric, scale, label) in zip(axes, panels):
         axis.axhline(scale * summary["dense"][metric]["mean"], ls="--", c="gray", label="dense")
         axis.set_ylabel(label)
-    save_density_figure(fig, axes, f"{summary['seeds']} seed(s); error bars: min-max over seeds", path)
+    title = "1 seed" if seeds == 1 else f"{seeds} seeds, means; error bars: min-max over seeds"
+    return fig, axes, title
+
+
+# Tick sets for a log axis of percentages, sparsest first: the multiples of each power of ten.
+TICK_MANTISSAS = ((1,), (1, 2, 5), (1, 2, 3, 5), (1, 2, 3, 4, 5, 6, 8), tuple(range(1, 10)))
+
+
+def percent_ticks(low, high):
+    """Tick values for a log axis of percentages from `low` to `high`: of the TICK_MANTISSAS sets
+    (100, 50, 20, 10, ...; ...; 100, 90, 80, ...), the densest that puts two ticks or more in the
+    range, each at least 1/12 of the axis from the next; the two ends (to 3 digits) where none does."""
+    span = math.log10(high / low)
+    decades = range(math.floor(math.log10(low)), math.floor(math.log10(high)) + 1)
+    chosen = []
+    for mantissas in TICK_MANTISSAS:
+        ticks = [float(f"{m}e{d}") for d in decades for m in mantissas]
+        ticks = [t for t in ticks if low * (1 - 1e-9) <= t <= high * (1 + 1e-9)]
+        if len(ticks) >= 2 and min(math.log10(b / a) for a, b in zip(ticks, ticks[1:])) >= span / 12:
+            chosen = ticks
+    return chosen or sorted({float(f"{low:.3g}"), float(f"{high:.3g}")})
+
+
+def percent_axis(axis):
+    """Make `axis`'s x axis a log axis of the percent of weights remaining, dense on the left,
+    ticks labelled 100%, 50%, 20%, ... over the range of its data (`percent_ticks`)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    axis.set_xscale("log")
+    low, high = sorted(axis.dataLim.intervalx)
+    if 0 < low <= high < math.inf:
+        axis.xaxis.set_major_locator(FixedLocator(percent_ticks(low, high)))
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}%"))
+        axis.xaxis.set_minor_formatter(NullFormatter())
+    axis.invert_xaxis()
+    axis.set_xlabel("weights remaining (log scale)")
 
 
 def save_density_figure(fig, axes, title, path):
-    """Give each axis a log x axis of the percent of weights remaining (dense on the left), a grid
+    """Give each axis a log x axis of the percent of weights remaining (`percent_axis`), a grid
     and a legend; title the figure and write it to `path` as a PNG."""
     import matplotlib.pyplot as plt
 
     for axis in axes:
-        axis.set_xscale("log")
-        axis.invert_xaxis()
-        axis.set_xlabel("percent of weights remaining")
+        percent_axis(axis)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)

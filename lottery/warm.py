@@ -16,7 +16,8 @@ installed packages and the environment variables that steer those libraries at i
 (its socket's name is a digest of them), and stops by itself after `LOTTERY_WARM_IDLE` seconds
 without a stage (default 300) or when another worker takes its socket. `LOTTERY_WARM=0` runs
 every stage in its own process without a worker. If the worker cannot take a stage, the stage
-runs in its own process.
+runs in its own process. `lottery warm status` names the worker that serves this interpreter (its
+pid, since when it listens, its log `<socket>.log`); `lottery warm stop` stops it.
 
 A worker serves one user. Its socket lies in `$TMPDIR/lottery-warm-<uid>/`, which must be a
 folder of that user's with mode 0700: otherwise the stage warns in one line and runs without a
@@ -132,6 +133,88 @@ def _identity():
     with open(__file__, "rb") as source:
         digest.update(source.read())
     return digest.hexdigest()[:20]
+
+
+# `lottery warm status` and `lottery warm stop`.
+
+
+def status():
+    """The worker that serves this interpreter (and its packages and environment): its socket and
+    log file, and, while one listens there, its pid, when it started listening (epoch seconds), its
+    idle limit and whether it is still loading the libraries. pid None: no worker listens."""
+    path = socket_path()
+    if path is None:
+        return {"socket": None, "log": None, "pid": None, "state": "none: its socket path would be too long"}
+    record = _read_record(path)
+    pid = record.get("pid")
+    if not (os.path.exists(path) and isinstance(pid, int) and _is_worker(pid, path)):
+        return {"socket": path, "log": _existing(f"{path}.log"), "pid": None, "state": "none"}
+    loading = os.path.exists(f"{path}.starting")
+    return {
+        "socket": path,
+        "log": _existing(f"{path}.log"),
+        "pid": pid,
+        "since": record.get("since"),
+        "idle_seconds": record.get("idle_seconds"),
+        "state": "loading the libraries" if loading else "listening",
+    }
+
+
+def stop(timeout=10):
+    """Stop the worker that serves this interpreter: its socket goes (the next stage starts a new
+    worker), then it gets SIGTERM; the stages it is running finish. Its status before, as
+    `status()` gives it (pid None: there was none)."""
+    found = status()
+    if found["pid"] is None:
+        return found
+    path = found["socket"]
+    for leftover in (path, f"{path}.starting"):
+        _unlink(leftover)
+    try:
+        os.kill(found["pid"], signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while not _ended(found["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not _ended(found["pid"]):
+        raise OSError(f"warm worker {found['pid']} still runs {timeout} s after SIGTERM")
+    _unlink(f"{path}.pid")
+    return found
+
+
+def _read_record(path):
+    try:
+        with open(f"{path}.pid") as record:
+            return json.load(record)
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_worker(pid, path):
+    """Whether `pid` is a live process of this user that serves `path` (the worker's argument), so
+    a pid the system has since given to another process is never taken for the worker."""
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+            return False
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            arguments = cmdline.read().split(b"\0")
+    except OSError:
+        return False
+    return path.encode() in arguments and not _ended(pid)
+
+
+def _ended(pid):
+    """Whether process `pid` has exited (gone, or a zombie its parent has not collected yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def _existing(path):
+    return path if os.path.exists(path) else None
 
 
 # The stage's side.
@@ -286,6 +369,7 @@ def serve(path, idle_seconds):
     listener.listen(64)
     os.replace(pending, path)
     own = os.stat(path).st_ino
+    _write_record(path, idle_seconds)
     # Forks report to the stage process themselves; the worker never waits for them.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     # A stage that arrives while the libraries load is served between two imports: it imports
@@ -300,6 +384,17 @@ def serve(path, idle_seconds):
             last = time.monotonic()
     if _owns(path, own):
         _unlink(path)
+    if _read_record(path).get("pid") == os.getpid():
+        _unlink(f"{path}.pid")
+
+
+def _write_record(path, idle_seconds):
+    """`<socket>.pid`: this worker's pid, when it started listening, and its idle limit (`lottery warm`)."""
+    record = {"pid": os.getpid(), "since": time.time(), "idle_seconds": idle_seconds}
+    pending = f"{path}.pid.{os.getpid()}"
+    with open(os.open(pending, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600), "w") as out:
+        json.dump(record, out)
+    os.replace(pending, f"{path}.pid")
 
 
 def _preload(name):

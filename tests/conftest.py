@@ -1,6 +1,7 @@
 import contextlib
 import copy
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -122,6 +123,37 @@ def dvc_project(repo, params):
 
 
 # Tags whose values are run ids or MLflow's own bookkeeping: they differ between two stores.
+@contextlib.contextmanager
+def lineages_in_one_store(root, mnist_root, overrides_by_name):
+    """Run one lineage per name through the library (params: the defaults with that name's
+    overrides), each in a workspace of its own under `root`, all into one MLflow SQLite store,
+    `root/mlflow.db`. Yields {name: (parent run id, hp)} with `root` as the working directory;
+    the tracking URI and the working directory are put back after."""
+    from lottery import paths, pipeline
+
+    (root / "data").mkdir()
+    (root / "data" / "mnist").symlink_to(mnist_root)
+    saved_uri, saved_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    made = {}
+    try:
+        for name, overrides in overrides_by_name.items():
+            space = root / str(name).replace(" ", "_")
+            space.mkdir()
+            (space / "data").symlink_to(root / "data")
+            os.chdir(space)
+            hp = hparams.from_dict(with_overrides(default_params(), overrides))
+            pipeline.run_lineage(hp)
+            made[name] = json.loads(paths.lineage_file().read_text())["parent_run_id"], hp
+        os.chdir(root)
+        yield made
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.pop("MLFLOW_TRACKING_URI")
+        if saved_uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
+
+
 STORE_SPECIFIC_TAGS = ("lottery.previous_round_run_id", "lottery.parent_run_id")
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from lottery import data, devices, hparams, masks, models, paths, pipeline, report, training
+from lottery import data, devices, hparams, masks, models, paths, pipeline, report_tables, training
 from lottery.io import read_json
 
 
@@ -79,5 +79,5 @@ def test_the_compression_report_names_the_device_it_timed(workdir, make_hp):
     pipeline.run_lineage(hp)
     measured = read_json(paths.compression_report(1))
     assert measured["latency_device"] == "cpu"
-    table = report.format_compression_table([measured]).splitlines()
+    table = report_tables.format_compression_table([measured]).splitlines()
     assert table[0].endswith("| timed on |") and table[2].endswith("| cpu |")

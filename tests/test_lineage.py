@@ -8,35 +8,16 @@ import pytest
 import torch
 
 from lottery import cli, hparams, lineage, paths, pipeline
-from tests.conftest import TINY, default_params, with_overrides
+from tests.conftest import TINY, lineages_in_one_store, with_overrides
 
 
 @pytest.fixture(scope="module")
 def two_lineages(tmp_path_factory, mnist_root):
     """Two lineages that differ in prune.rate alone, each run in a workspace of its own, into one
     MLflow store; built once for the module, as they take a while."""
-    root = tmp_path_factory.mktemp("lineages")
-    (root / "data").mkdir()
-    (root / "data" / "mnist").symlink_to(mnist_root)
-    saved_uri, saved_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-    lineages = {}
-    try:
-        for rate in (0.2, 0.3):
-            space = root / f"rate_{rate}"
-            space.mkdir()
-            (space / "data").symlink_to(root / "data")
-            os.chdir(space)
-            hp = hparams.from_dict(with_overrides(default_params(), {**TINY, "prune.rate": rate}))
-            pipeline.run_lineage(hp)
-            lineages[rate] = json.loads(paths.lineage_file().read_text())["parent_run_id"]
-        os.chdir(root)
-        yield lineages, hp
-    finally:
-        os.chdir(saved_cwd)
-        os.environ.pop("MLFLOW_TRACKING_URI")
-        if saved_uri is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
+    overrides = {rate: {**TINY, "prune.rate": rate} for rate in (0.2, 0.3)}
+    with lineages_in_one_store(tmp_path_factory.mktemp("lineages"), mnist_root, overrides) as made:
+        yield {rate: parent for rate, (parent, _) in made.items()}, made[0.3][1]
 
 
 def store(hp):

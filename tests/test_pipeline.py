@@ -246,6 +246,28 @@ def test_summary_names_the_smallest_ticket_within_tolerance():
     assert csv_lines[3].startswith("2,0.25,25.0,0.976,")
 
 
+def test_the_headline_gives_the_smallest_matching_ticket_the_last_round_and_the_verdict():
+    ticket = {
+        0: [metrics(0, 1.0, 0.980, 900)],
+        1: [metrics(1, 0.5, 0.982, 700)],  # a winning ticket
+        2: [metrics(2, 0.25, 0.976, 800)],  # within 0.005 of dense, but less accurate
+        3: [metrics(3, 0.125, 0.960, 1200)],
+    }
+    headline = report.headline(report.summarize({"ticket": ticket}, tolerance=0.005))
+    assert headline == {
+        "dense_acc": 0.980,
+        "match_weights": 0.25,
+        "match_acc": 0.976,
+        "last_round": 3,
+        "last_weights": 0.125,
+        "last_acc": 0.960,
+        "verdict": "matching",
+    }
+    assert report.headline(report.summarize({"ticket": ticket}, tolerance=0.001))["verdict"] == "winning"
+    no_match = report.headline(report.summarize({"ticket": {0: ticket[0], 3: ticket[3]}}, tolerance=0.001))
+    assert (no_match["match_weights"], no_match["match_acc"], no_match["verdict"]) == (None, None, "no match")
+
+
 def test_verdict_over_seeds_uses_means_of_accuracy_and_early_stop():
     ticket = {
         0: [metrics(0, 1.0, 0.980, 1000), metrics(0, 1.0, 0.970, 800)],  # dense: 0.975, 900

@@ -4,6 +4,7 @@ artifacts, and never write into another folder. A real tiny lineage with a regis
 real `dvc repro`, real `mv` and `cp -r`."""
 
 import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -113,7 +114,8 @@ def test_a_moved_project_logs_into_its_new_folder_and_does_not_recreate_the_old_
             subprocess.run(["mv", str(moved), str(project)], check=True)
     # Moved back, the lottery command finds the store as a stage would.
     listed = sh(project, sys.executable, "-m", "lottery", "lineage", "list", env=DEFAULT_STORE)
-    assert "lineage-" in listed
+    parent = json.loads((project / "models" / "lineage.json").read_text())["parent_run_id"]
+    assert listed.splitlines()[1].split()[0] == parent[:8]  # the table's first row: this lineage
     assert all(location.startswith(f"{project}/mlruns/") for location in recorded_locations(project))
 
 

@@ -336,3 +336,34 @@ def test_the_umask_is_read_without_being_set(monkeypatch):
         finally:
             os.umask(previous)
     assert set_to == []
+
+
+def lottery_warm(env, *argv):
+    done = subprocess.run([sys.executable, "-m", "lottery", "warm", *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    return done.stdout
+
+
+def test_lottery_warm_status_names_the_worker_and_stop_ends_it():
+    env = {**os.environ, "PYTHON_LOTTERY_TEST_WORKER": uuid.uuid4().hex}  # a worker of this test's own
+    env.pop("LOTTERY_WARM", None)
+    path = worker_path(env)
+    before = json.loads(lottery_warm(env, "status", "--json"))
+    assert before == {"socket": path, "log": None, "pid": None, "state": "none"}
+    assert not os.path.exists(path)  # asking started none
+    started = time.time()
+    subprocess.run([sys.executable, "-c", "from lottery import warm; warm._start_worker(warm.socket_path())"], cwd=ROOT, env=env, check=True)
+    wait_for_socket(path)
+    found = json.loads(lottery_warm(env, "status", "--json"))
+    pid = found["pid"]
+    arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert str(ROOT / "lottery" / "warm.py").encode() in arguments and path.encode() in arguments
+    assert found["log"] == f"{path}.log" and found["state"] == "listening"
+    assert started - 1 < found["since"] < time.time()
+    assert found["idle_seconds"] == float(env.get("LOTTERY_WARM_IDLE", warm.DEFAULT_IDLE_SECONDS))
+    text = lottery_warm(env, "status").splitlines()
+    assert text[0].startswith(f"warm worker {pid}, listening since ") and text[-1] == f"log:    {path}.log"
+    assert lottery_warm(env, "stop").splitlines()[0].startswith(f"stopped warm worker {pid}, ")
+    assert not _alive(pid) and not os.path.exists(path)
+    assert json.loads(lottery_warm(env, "status", "--json"))["pid"] is None
+    assert lottery_warm(env, "stop").splitlines()[-1] == "nothing to stop"

@@ -1,6 +1,6 @@
 """report: the lineage at a glance, and its MLflow records completed from the DVC outputs."""
 
-from lottery import checkpoints, early_bird, masks, paths, records, report, tracking
+from lottery import checkpoints, early_bird, masks, paths, records, report, report_tables, tracking
 from lottery.io import read_json, write_json, write_text
 from lottery.steps.common import test_split
 from lottery.steps.schedule import retrain_schedule
@@ -10,15 +10,16 @@ EXAMPLE_IMAGES = 4
 
 
 def summarize(hp):
-    """All rounds and controls in one table and figure; the lineage in MLflow completed from DVC
-    outputs; the smallest matching ticket's compact model registered; the compression table and
-    the Early-Bird's savings."""
+    """All rounds and controls in one table and figure, and the lineage in one row (its headline);
+    the lineage in MLflow completed from DVC outputs; the smallest matching ticket's compact model
+    registered; the compression table and the Early-Bird's savings."""
     measurements = {}
     for round_, name in hp.branches():
         measurements.setdefault(name or report.TICKET, {})[round_] = [read_json(paths.round_metrics(round_, name))]
     summary = report.summarize(measurements, hp.report.tolerance)
     summary["early_bird"] = _early_bird_savings(hp)
     write_json(paths.summary(), summary)
+    write_json(paths.headline(), report.headline(summary), sort_keys=False)
     write_text(paths.rounds_plot_data(), report.rounds_csv(summary))
     report.figure(summary, paths.rounds_figure())
     compressions = [read_json(paths.compression_report(round_)) for round_ in range(1, hp.rounds + 1)]
@@ -31,7 +32,7 @@ def summarize(hp):
         example = test_split(hp).x[:EXAMPLE_IMAGES].numpy()
         tracking.register_ticket(hp, model, ticket["round"], example)
     print(report.format_table(summary))
-    print(report.format_compression_table(compressions))
+    print(report_tables.format_compression_table(compressions))
     if summary["early_bird"]:
         print(report.format_early_bird(summary["early_bird"]))
 
