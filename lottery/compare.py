@@ -18,12 +18,11 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from lottery import lineage, report, terminal, tracking
+from lottery import lineage, mlflow_view, report, terminal, tracking
 from lottery.errors import UserError
 
 KIND = "comparison"  # the lottery.kind tag of a comparison run: `Store.parents` lists kind 'lineage' only
 COMPARED_TAG = "lottery.compared"  # label=parent run ids of each series, one series a line
-TAG_LIMIT = 8000  # characters of an MLflow tag value (mlflow.utils.validation.MAX_TAG_VAL_LENGTH)
 SPREAD = "mean ± sd over seeds"
 
 
@@ -302,7 +301,7 @@ def log(store, result, table, figure_path):
     tags = {
         tracking.KIND_TAG: KIND,
         "mlflow.runName": ("compare " + " vs ".join(labels))[:250],
-        "mlflow.note.content": _fit(table, "\n\n(cut: the whole table is the compare.md artifact)"),
+        mlflow_view.DESCRIPTION_TAG: _fit(table, "\n\n(cut: the whole table is the compare.md artifact)"),
         COMPARED_TAG: _fit("\n".join(f"{s['label']}={','.join(s['lineages'])}" for s in result["series"]), "\n(cut)"),
     }
     run_id = store.client.create_run(store.experiment_id, tags=tags).info.run_id
@@ -320,5 +319,6 @@ def log(store, result, table, figure_path):
 
 
 def _fit(text, cut):
-    """`text` as an MLflow tag value: whole, or cut to TAG_LIMIT characters ending with `cut`."""
-    return text if len(text) <= TAG_LIMIT else text[: TAG_LIMIT - len(cut)] + cut
+    """`text` as an MLflow tag value: whole, or cut to MLflow's limit ending with `cut`."""
+    limit = mlflow_view.DESCRIPTION_LIMIT
+    return text if len(text) <= limit else text[: limit - len(cut)] + cut

@@ -226,6 +226,7 @@ def listing(lineages):
     columns in display order); of those not in LISTED, the earlier matter more."""
     params = [found.parent.data.params for found in lineages]
     varying = differing(params) if len(lineages) > 1 else list(KEY_PARAMS)
+    shown_params = [key for key in varying if key not in METHOD_PARAMS]
     rows = []
     for found, values in zip(lineages, params):
         summary = summary_row(found)
@@ -234,7 +235,7 @@ def listing(lineages):
                 "run": summary["parent_run_id"][:8],
                 "experiment": summary["dvc_experiment"],
                 "method": method(values),
-                **{key: values.get(key, "-") for key in varying if key not in METHOD_PARAMS},
+                **{key: values.get(key, "-") for key in shown_params},
                 "controls": found.parent.data.tags.get("lottery.controls", ""),
                 "commit": summary["git_commit"],
                 "code": summary["code"],
@@ -244,7 +245,6 @@ def listing(lineages):
             }
         )
     provenance = [key for key in ("controls", "commit", "code") if len({row[key] for row in rows}) > 1]
-    shown_params = [key for key in varying if key not in METHOD_PARAMS]
     return rows, ["run", "experiment", "method", *shown_params, *provenance, "rounds", "remaining", "accuracy"]
 
 
