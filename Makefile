@@ -39,7 +39,7 @@ rounds: $(VENV)/.installed
 # to 3.5% of the weights, 50k iterations each, the validation loss every 100 iterations. That grain
 # (a tenth of an epoch at batch 60) lets the early-stop iteration show how fast a ticket learns: in the
 # run in docs/science-and-benchmarks.md the dense net stopped at 3,100 and the tickets from 41% down at
-# 1,900-2,000, where a grain of 1,000 read 2,000-3,000 in every round.
+# 1,900-2,000; an earlier run at a grain of 1,000 read 2,000-3,000 in every round.
 # Rounds that never ran have no outputs in dvc.lock, and the checkout `dvc exp run` starts with warns
 # once for each of their outputs ("No file hash info found for ... It won't be created"): expected,
 # so this target drops those lines and nothing else.
