@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lottery import cli, hparams, paths, pipeline, records, tracking  # noqa: E402
+from lottery import cli, hparams, paths, pipeline, records, tracking, validation  # noqa: E402
 from structured_fmnist import enter_workspace  # noqa: E402
 
 EXPERIMENT = "compare-methods-bench"
@@ -57,7 +57,7 @@ def bench_params(method, seed, args):
     for dotted, value in METHODS[method].items():
         section, key = dotted.split(".")
         raw[section][key] = value
-    return hparams.from_dict(raw)
+    return validation.from_dict(raw)
 
 
 def one_lineage(args):

@@ -49,7 +49,7 @@ from arms import (
 )
 from structured_fmnist import bench_params, copy_dense_run, enter_workspace, parse_seeded_args
 
-from lottery import compression, data, hparams, models, paths, pipeline, records, tracking  # noqa: E402
+from lottery import compression, data, identity, models, paths, pipeline, records, tracking  # noqa: E402
 from lottery.io import read_json, write_json, write_text  # noqa: E402
 
 BATCH = 128
@@ -127,16 +127,16 @@ def seed_arms(args, base, seed):
         hp = params(args, base, seed, overrides)
         coordinates = {"seed": seed, "branch": branch}
         if branch == "dense":
-            arm = Arm(coordinates, {"params": hparams.digest([hp.identity()])}, functools.partial(dense_run, seed_dir, hp),
+            arm = Arm(coordinates, {"params": identity.digest([identity.of(hp)])}, functools.partial(dense_run, seed_dir, hp),
                       minutes(args.epochs))  # fmt: skip
         elif branch.startswith("standard"):
-            settings = {"params": hparams.digest([dense_hp.identity(), hp.identity()])}
+            settings = {"params": identity.digest([identity.of(dense_hp), identity.of(hp)])}
             run = functools.partial(ticket_run, seed_dir, branch, hp, early_bird=False)
             arm = Arm(coordinates, settings, run, minutes(retrain_epochs), (arm_key({"seed": seed, "branch": "dense"}),))
         else:
             # The search stops where the ticket emerges: counted as the whole budget, an upper bound.
             run = functools.partial(ticket_run, seed_dir, branch, hp, early_bird=True)
-            arm = Arm(coordinates, {"params": hparams.digest([hp.identity()])}, run, minutes(args.epochs + retrain_epochs))
+            arm = Arm(coordinates, {"params": identity.digest([identity.of(hp)])}, run, minutes(args.epochs + retrain_epochs))
         found.append(arm)
     return found
 

@@ -61,8 +61,8 @@ from arms import (
 )
 from structured_fmnist import ROOT, copy_dense_run, enter_workspace, interleaved_latency, parse_seeded_args
 
-from lottery import channels, checkpoints, compression, data, factorize, hparams, masks, models, paths, pipeline  # noqa: E402
-from lottery import pruning, records, report, tracking  # noqa: E402
+from lottery import channels, checkpoints, compression, data, factorize, hparams, identity, masks, models  # noqa: E402
+from lottery import paths, pipeline, pruning, records, report, tracking, validation  # noqa: E402
 from lottery.io import read_json, write_json, write_text  # noqa: E402
 
 RATIOS = (0.10, 0.05, 0.02)
@@ -132,7 +132,7 @@ def params(base, seed, setup, iterations, overrides=(), rounds=1):
     for dotted, value in overrides:
         section, key = dotted.split(".")
         raw[section][key] = value
-    return hparams.from_dict(raw)
+    return validation.from_dict(raw)
 
 
 def weight_counts(model):
@@ -177,7 +177,7 @@ def setup_arms(args, base, seed, name):
 
     def add(method, ratio, run, trained_with, needs=(), trainings=1):
         coordinates = {"setup": name, "seed": seed, "method": method, "ratio": ratio}
-        settings = {"params": hparams.digest([trained.identity() for trained in trained_with])}
+        settings = {"params": identity.digest([identity.of(trained) for trained in trained_with])}
         found.append(Arm(coordinates, settings, run, trainings * one_training, tuple(needs)))
         return found[-1].key
 
@@ -330,10 +330,10 @@ def add_latency(all_results):
         for measured in [results["dense"], *(m for by_ratio in results["arms"].values() for m in by_ratio.values())]
         if measured
     ]
-    specs = {hparams.digest(measured["spec"]): measured["spec"] for measured in shipped}
+    specs = {identity.digest(measured["spec"]): measured["spec"] for measured in shipped}
     timed = interleaved_latency({key: checkpoints.build(spec).eval() for key, spec in specs.items()}, LATENCY_ROUNDS)
     for measured in shipped:
-        measured["latency_ms"] = timed[hparams.digest(measured["spec"])]
+        measured["latency_ms"] = timed[identity.digest(measured["spec"])]
 
 
 def full_width_latency():

@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lottery import hparams, paths, pipeline, records, replicates, report, tracking  # noqa: E402
+from lottery import hparams, paths, pipeline, records, replicates, report, tracking, validation  # noqa: E402
 from structured_fmnist import enter_workspace  # noqa: E402
 from lottery.io import write_json, write_text  # noqa: E402
 
@@ -42,7 +42,7 @@ def bench_params(seed, iterations, rounds):
     raw["controls"]["run"] = ["reinit", "random_sparse"]
     raw["tracking"]["experiment"] = "lth-mnist-bench"
     raw["rounds"] = hparams.rounds_section(rounds)
-    return hparams.from_dict(raw)
+    return validation.from_dict(raw)
 
 
 def one_seed(args):

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from repro_time import ROOT, mnist_root, save
 
-from lottery import hparams, lineage, tracking  # noqa: E402
+from lottery import lineage, tracking, validation  # noqa: E402
 from tests.conftest import commit, dvc_project, tiny_params  # noqa: E402
 
 WAYS = (
@@ -100,7 +100,7 @@ def sweep(repo, seeds, workers, env):
 
 def complete_lineages(repo):
     """Lineages in the copy's default MLflow store (mlflow.db at its root) whose every round has its results."""
-    hp = hparams.load(repo / "params.yaml")
+    hp = validation.load(repo / "params.yaml")
     store = lineage.Store(f"sqlite:///{repo / 'mlflow.db'}", hp.tracking.experiment)
     return sum(is_complete(store.load(parent), hp.rounds) for parent in store.parents())
 

@@ -56,7 +56,7 @@ from arms import (
 )
 from structured_fmnist import ROOT, copy_dense_run, enter_workspace, parse_seeded_args
 
-from lottery import compression, data, hparams, models, paths, pipeline, records, report, tracking  # noqa: E402
+from lottery import compression, data, hparams, identity, models, paths, pipeline, records, report, tracking, validation  # noqa: E402
 from lottery.io import read_json, write_json, write_text  # noqa: E402
 
 CONTROL = "reinit"
@@ -134,12 +134,12 @@ def params(base, seed, iterations, width, variant):
     raw["compact"]["latency_repeats"] = 5
     raw["tracking"].update(experiment="rethinking-lr-bench", registered_model="")
     raw["rounds"] = hparams.rounds_section(variant.rounds)
-    return hparams.from_dict(raw)
+    return validation.from_dict(raw)
 
 
 def round_zero_identity(hp):
     """What shapes init and train_dense: the lineage's identity less its pruning (Early-Bird is off)."""
-    return {section: values for section, values in hp.identity().items() if section != "prune"}
+    return {section: values for section, values in identity.of(hp).items() if section != "prune"}
 
 
 def dense_key(seed, name):
@@ -165,11 +165,11 @@ def seed_arms(args, base, seed):
         one_training = training_minutes(forward, 128, args.iterations, evaluated_examples(hp.train, VALIDATION, TEST_EXAMPLES))
         if not variant.dense_of:
             run = functools.partial(dense_run, seed_dir / name, hp)
-            settings = {"params": hparams.digest([hp.identity()])}
+            settings = {"params": identity.digest([identity.of(hp)])}
             found.append(Arm({"seed": seed, "variant": name, "round": 0}, settings, run, one_training))
         for round_ in range(1, variant.rounds + 1):
             run = functools.partial(round_run, seed_dir, name, hp, round_)
-            settings = {"params": hparams.digest([dense_hp.identity(), hp.identity()])}
+            settings = {"params": identity.digest([identity.of(dense_hp), identity.of(hp)])}
             coordinates = {"seed": seed, "variant": name, "round": round_}
             found.append(Arm(coordinates, settings, run, 2 * one_training, (dense_key(seed, name),)))
     return found

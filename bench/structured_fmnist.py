@@ -30,7 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lottery import checkpoints, compression, hparams, paths, pipeline, records, tracking  # noqa: E402
+from lottery import checkpoints, compression, hparams, paths, pipeline, records, tracking, validation  # noqa: E402
 from lottery.io import read_json, write_json, write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -74,7 +74,7 @@ def bench_params(base, seed, iterations, finetune_iterations, overrides=None):
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".")
         raw[section][key] = value
-    return hparams.from_dict(raw)
+    return validation.from_dict(raw)
 
 
 def one_seed(args):

@@ -38,7 +38,7 @@ import yaml
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from lottery import data, devices, hparams, masks, models, pruning, report, training, weight_agnostic  # noqa: E402
+from lottery import data, devices, masks, models, pruning, report, training, validation, weight_agnostic  # noqa: E402
 from lottery.io import write_json, write_text  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
@@ -55,7 +55,7 @@ def params(args, seed, **overrides):
     for dotted, value in {**args.overrides, **overrides}.items():
         section, key = dotted.split(".")
         raw[section][key] = value
-    return hparams.from_dict(raw)
+    return validation.from_dict(raw)
 
 
 def uniform(prune_hp, rate):

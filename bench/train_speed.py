@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Benchmark this checkout's package, whichever checkout the editable install points at.
 sys.path.insert(0, str(ROOT))
 
-from lottery import data, hparams, masks, models, paths, pruning, training  # noqa: E402
+from lottery import data, masks, models, paths, pruning, training, validation  # noqa: E402
 from lottery.io import write_json  # noqa: E402
 
 TARGET = 0.95  # the dense case's ratio_same_kernel
@@ -197,7 +197,7 @@ def main(argv=None):
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "train_speed.json")
     args = parser.parse_args(argv)
 
-    hp = hparams.load(args.params)
+    hp = validation.load(args.params)
     # The hand loop is CPU-only, so the project loop is held to the CPU too.
     hp = dataclasses.replace(hp, train=dataclasses.replace(hp.train, device="cpu"))
     if args.test_curve:

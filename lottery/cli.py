@@ -24,22 +24,24 @@ from pathlib import Path
 import yaml
 
 from lottery import hparams, paths, terminal, warm, yaml12
-from lottery.errors import UserError
+from lottery.errors import ParamsError, UserError
 from lottery.io import read_text, write_text
 
 
 def set_rounds(params_path, count):
     """Rewrite the `rounds` section of a params file for `count` rounds, keeping the rest as written."""
     if count < 1:
-        raise hparams.ParamsError(f"rounds = {count}: must be >= 1")
+        raise ParamsError(f"rounds = {count}: must be >= 1")
     path = Path(params_path)
     text = read_text(path)
     block = yaml.safe_dump({"rounds": hparams.rounds_section(count)}, default_flow_style=None, sort_keys=False)
     section = re.compile(r"^rounds:.*\n(?:(?:[ \t]+.*|[ \t]*)\n)*", re.MULTILINE)
     if not section.search(text):
-        raise hparams.ParamsError(f"{path}: has no top-level `rounds:` section")
+        raise ParamsError(f"{path}: has no top-level `rounds:` section")
     updated = section.sub(lambda _: block, text, count=1)
-    hparams.from_dict(yaml12.load(updated))
+    from lottery import validation  # the registries and torch: only for commands that start work
+
+    validation.from_dict(yaml12.load(updated))
     write_text(path, updated)
 
 
@@ -101,17 +103,18 @@ def cmd_rounds(args):
 
 
 def cmd_replicates(args):
-    from lottery import replicates, report
+    from lottery import replicates, report, validation
 
-    summary = replicates.summarize(hparams.load(args.params), args.seeds)
+    summary = replicates.summarize(validation.load(args.params), args.seeds)
     print(report.format_table(summary))
     print(f"{summary['seeds']} seeds; {paths.replicates_summary()}, {paths.replicates_figure()}")
 
 
 def cmd_sync(args):
+    from lottery import validation
     from lottery.steps.report import sync
 
-    ids = sync(hparams.load(args.params), fresh_probe=True)
+    ids = sync(validation.load(args.params), fresh_probe=True)
     if ids["parent_run_id"] is None:
         sys.exit("error: the tracking store could not be reached; nothing was synced")
     rounds = ", ".join(f"{r}: {run}" for r, run in ids["round_run_ids"].items())

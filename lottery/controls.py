@@ -12,10 +12,27 @@ import hashlib
 import torch
 
 from lottery import checkpoints, masks
+from lottery.checks import one_of
+from lottery.errors import ParamsError
 from lottery.registry import Registry
 
 REGISTRY = Registry()
 register = REGISTRY.register
+
+
+def check_params(hp, model):
+    """The controls' rules: registered names; each retrains the ticket's sparsity pattern from the
+    ticket's rewind point, so none runs beside another rewind target; random_sparse draws single
+    weights, so it needs weight masks."""
+    for name in hp.controls.run:
+        one_of("controls.run", name, REGISTRY)
+    if hp.controls.run and hp.rewind.target != "init":
+        raise ParamsError(
+            f"controls.run = {hp.controls.run}: the LTH controls need rewind.target 'init' "
+            f"(not {hp.rewind.target!r}); compare targets as separate experiments"
+        )
+    if "random_sparse" in hp.controls.run and hp.prune.granularity == "channel":
+        raise ParamsError("controls.run = ['random_sparse']: needs prune.granularity 'weight' (it breaks channels)")
 
 
 def control_seed(seed, control, round_):

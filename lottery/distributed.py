@@ -25,11 +25,38 @@ import time
 import torch
 from torch import nn
 
+from lottery.errors import ParamsError
+
 # How long stopped ranks have to unwind (a half-written file removed) before they are killed.
 STOP_GRACE_S = 5.0
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _LIBC = ctypes.CDLL(None, use_errno=True)  # prctl: Linux's process controls
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+
+
+def check_params(hp, model):
+    """What data-parallel training needs: a batch that splits evenly over the ranks, a GPU per
+    process on GPUs, and GPUs for a model with BatchNorm (SyncBatchNorm runs on GPUs only)."""
+    ranks = hp.distributed.world_size
+    if ranks == 1:
+        return
+    if hp.train.batch_size % ranks:
+        raise ParamsError(
+            f"train.batch_size = {hp.train.batch_size}: must be a multiple of the {ranks} data-parallel "
+            "processes (distributed.processes_per_node × distributed.nodes)"
+        )
+    # lottery.devices.device_for's choice ('cuda' without a GPU is refused by the train section's check).
+    on_gpus = hp.train.device != "cpu" and torch.cuda.is_available()
+    if on_gpus and hp.distributed.processes_per_node > torch.cuda.device_count():
+        raise ParamsError(
+            f"distributed.processes_per_node = {hp.distributed.processes_per_node}: one GPU per process, "
+            f"and torch finds {torch.cuda.device_count()} here"
+        )
+    if any(isinstance(module, nn.BatchNorm2d) for module in model.modules()) and not on_gpus:
+        raise ParamsError(
+            f"distributed.processes_per_node = {hp.distributed.processes_per_node}: {hp.model.name} has "
+            "BatchNorm, and torch's SyncBatchNorm runs on GPUs only (train.device cuda, or 1 process)"
+        )
 
 
 class FollowerDone(Exception):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lottery import channels, masks, pruning
+from lottery.errors import ParamsError
 from lottery.io import atomic_path
 
 
@@ -130,3 +131,16 @@ def heatmap(matrix, epsilon, found_epoch, path):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def check_params(hp, model):
+    """prune@1 must draw the very mask the search drew: Network Slimming's, at the same ratio."""
+    if not hp.early_bird.enabled:
+        return
+    expected = {"strategy": "bn_slimming", "granularity": "channel", "scope": "global", "rate": hp.early_bird.ratio}
+    for key, value in expected.items():
+        if getattr(hp.prune, key) != value:
+            raise ParamsError(
+                f"prune.{key} = {getattr(hp.prune, key)!r}: early_bird.enabled draws Network Slimming masks, "
+                f"so it needs prune.{key} = {value!r}"
+            )

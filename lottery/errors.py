@@ -15,3 +15,7 @@ class MissingInput(UserError, FileNotFoundError):
     def __init__(self, path):
         super().__init__(f"{path}: no such file (an earlier stage writes it: run `dvc repro`)")
         self.path = path
+
+
+class ParamsError(UserError, ValueError):
+    """A params.yaml value that cannot be used; the message names the key."""

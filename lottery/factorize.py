@@ -19,7 +19,8 @@ record (lottery.checkpoints). Its prunable weights are the factors, so a round's
 import torch
 from torch import nn
 
-from lottery import masks
+from lottery import masks, pruning
+from lottery.errors import ParamsError
 from lottery.models.base import draw_layer
 
 INNER, OUTER = "inner", "outer"
@@ -343,3 +344,32 @@ def to_mask(model, mask, spectral, generator, init):
     """`model` factorized in place at the ranks `mask` names (ranks_of_mask), so the mask fits it;
     a mask of a dense architecture leaves a dense model as it is. See `factorize`."""
     return factorize(model, ranks_of_mask(mask), spectral=spectral, generator=generator, init=init)
+
+
+def check_params(hp, model):
+    """A factorized round stores as many weights as the round's weight-pruned ticket would keep
+    (pruning.kept_weights); what only applies to masks is refused rather than ignored."""
+    if not hp.factorize.enabled:
+        return
+    needs = {
+        "prune.granularity": (hp.prune.granularity, "weight", "it matches the weights a weight-pruned ticket keeps"),
+        "controls.run": (hp.controls.run, [], "the controls retrain a mask's sparsity pattern"),
+        "weight_agnostic.values": (hp.weight_agnostic.values, [], "it evaluates masks of θ0's weights"),
+    }
+    for key, (value, wanted, reason) in needs.items():
+        if value != wanted:
+            raise ParamsError(f"{key} = {value!r}: factorize.enabled trains factorized layers and {reason}; use {wanted!r}")
+    if pruning.learns_scores(hp.prune.strategy):
+        raise ParamsError(f"prune.strategy = {hp.prune.strategy!r}: searches a mask; factorize.enabled trains factorized layers")
+    if hp.rewind.target == "finetune" and not hp.factorize.spectral_init:
+        raise ParamsError(
+            "factorize.spectral_init = false: rewind.target 'finetune' factorizes the trained weights by truncated SVD; "
+            "plain factors would discard them (use 'init' or 'scratch')"
+        )
+    if hp.rewind.target == "scratch" and hp.rewind.scratch_budget == "flops":
+        raise ParamsError("rewind.scratch_budget = 'flops': Scratch-B stretches a mask's budget; use 'same' with factorize.enabled")
+    target = pruning.kept_weights(hp.prune, model, hp.rounds, seed=0)
+    try:
+        matched_ranks(model, target)
+    except ValueError as err:
+        raise ParamsError(f"prune.rate = {hp.prune.rate}: round {hp.rounds}'s ticket keeps {err}") from None

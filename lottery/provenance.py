@@ -1,7 +1,7 @@
 """Where a result came from: its lineage (the params that matter plus the code that ran), the
 git commit of that code, and the environment that computed it.
 
-A lineage is one configuration of code and params: `lineage_id` digests `Hparams.identity()`
+A lineage is one configuration of code and params: `lineage_id` digests the params' identity (lottery.identity)
 together with the digest of every file the stages run (lottery.deps), so a code change starts a
 new lineage while a README edit, a new round or a control does not. The git commit and whether
 the tree had uncommitted code changes say where to find that code again; the environment (torch,
@@ -12,19 +12,18 @@ import os
 import platform
 import subprocess
 
-from lottery import deps
-from lottery.hparams import digest
+from lottery import deps, identity
 
 
 def lineage_id(hp, root=deps.ROOT):
     """The lineage's name: its identity params and its code."""
-    return digest({"params": hp.identity(), "code": deps.code_digest(root)})
+    return identity.digest({"params": identity.of(hp), "code": deps.code_digest(root)})
 
 
 def replicate_group(hp, root=deps.ROOT):
     """The name shared by the lineages that differ from this one in their seed alone."""
-    params = {key: value for key, value in hp.identity().items() if key != "seed"}
-    return digest({"params": params, "code": deps.code_digest(root)})
+    params = {key: value for key, value in identity.of(hp).items() if key != "seed"}
+    return identity.digest({"params": params, "code": deps.code_digest(root)})
 
 
 def git_state(root=deps.ROOT):

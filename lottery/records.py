@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from lottery import curves, masks, mlflow_view, paths
+from lottery import curves, identity, masks, mlflow_view, paths
 from lottery.io import load_torch, read_json
 
 MASK_DIGEST_TAG = "lottery.mask_sha256"
@@ -56,7 +56,7 @@ class Record:
 def lineage(hp):
     """The parent run: the params that name the lineage, and what it holds now (rounds, controls,
     the whole params file, and each other params.yaml key as a tag)."""
-    params = flatten(hp.identity())
+    params = flatten(identity.of(hp))
     return Record(
         LINEAGE,
         params=params,

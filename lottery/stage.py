@@ -9,7 +9,7 @@ import sys
 import time
 
 from lottery import hparams, warm
-from lottery.errors import UserError
+from lottery.errors import ParamsError, UserError
 
 
 class Stopped(BaseException):
@@ -30,8 +30,9 @@ class _RanksFailed(Exception):
 
 
 def run(step, per_round=False, per_control=False, on_failure=None, with_params=True, data_parallel=False):
-    """Parse `--params` (and `--round`, `--control`), validate them, then call
-    `step(hp[, round][, control])`; `step()` alone without params (`with_params=False`).
+    """Read `--params` (typed and each section checked by lottery.hparams; the validate stage,
+    which every other stage runs after, has checked the rest) and `--round`, `--control`, then call `step(hp[, round][, control])`;
+    `step()` alone without params (`with_params=False`).
 
     `data_parallel`: a training stage. With params `distributed` asking for more than one
     process, the stage runs itself again under torchrun, one process per rank
@@ -48,13 +49,7 @@ def run(step, per_round=False, per_control=False, on_failure=None, with_params=T
     `on_failure` to the stage process that launched them: it stops them
     (lottery.distributed.launch) and calls `on_failure` when any rank fails; a rank never calls it
     (no follower writes to MLflow) and exits silently, at once, when stopped."""
-    parser = argparse.ArgumentParser(description=step.__doc__)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    if per_round:
-        parser.add_argument("--round", type=int, required=True, help="pruning round, 1..N")
-    if per_control:
-        parser.add_argument("--control", required=True, help="a control branch named in params controls.run")
-    args = parser.parse_args()
+    args = _arguments(step, per_round, per_control)
     hp, step_args, rank = None, [], False
 
     def failed():
@@ -69,14 +64,7 @@ def run(step, per_round=False, per_control=False, on_failure=None, with_params=T
                 if not with_params:
                     return _timed(step)
                 hp = hparams.load(args.params)
-                if per_round:
-                    if not 1 <= args.round <= hp.rounds:
-                        raise hparams.ParamsError(f"--round = {args.round}: must be in 1..{hp.rounds} (the rounds in params)")
-                    step_args.append(args.round)
-                if per_control:
-                    if args.control not in hp.controls.run:
-                        raise hparams.ParamsError(f"--control = {args.control!r}: not in controls.run {hp.controls.run}")
-                    step_args.append(args.control)
+                step_args += _branch_args(args, hp)
                 if data_parallel and hp.distributed.world_size > 1:
                     from lottery import distributed  # torch: only the training stages import it here
 
@@ -101,6 +89,30 @@ def run(step, per_round=False, per_control=False, on_failure=None, with_params=T
             failed()
             print(f"error: stopped by {stop} during {_stage_label(step, step_args)}", file=sys.stderr)
             sys.exit(stop.status)
+
+
+def _arguments(step, per_round, per_control):
+    parser = argparse.ArgumentParser(description=step.__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    if per_round:
+        parser.add_argument("--round", type=int, required=True, help="pruning round, 1..N")
+    if per_control:
+        parser.add_argument("--control", required=True, help="a control branch named in params controls.run")
+    return parser.parse_args()
+
+
+def _branch_args(args, hp):
+    """The step's `round` and `control` arguments, each checked against the params."""
+    branch = []
+    if "round" in args:
+        if not 1 <= args.round <= hp.rounds:
+            raise ParamsError(f"--round = {args.round}: must be in 1..{hp.rounds} (the rounds in params)")
+        branch.append(args.round)
+    if "control" in args:
+        if args.control not in hp.controls.run:
+            raise ParamsError(f"--control = {args.control!r}: not in controls.run {hp.controls.run}")
+        branch.append(args.control)
+    return branch
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -38,7 +38,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lottery import deps, io, moved_store, paths, provenance, records
+from lottery import deps, identity, io, moved_store, paths, provenance, records
 from lottery.errors import UserError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -172,7 +172,7 @@ class Store:
             git = provenance.git_state()
             return {
                 "mlflow.runName": f"lineage-{self.lineage[:8]}",
-                "lottery.params_hash": self.hp.params_hash,
+                "lottery.params_hash": identity.params_hash(self.hp),
                 CODE_TAG: deps.code_digest(),
                 REPLICATE_TAG: provenance.replicate_group(self.hp),
                 "lottery.seed": str(self.hp.seed),

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from lottery import devices, distributed, factorize
 from lottery.data import batches
-from lottery.hparams import ParamsError
+from lottery.errors import ParamsError
 from lottery.models.base import batchnorm_scales
 
 # Examples per evaluation forward pass. The loss is summed per batch, so this size fixes how the

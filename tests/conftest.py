@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lottery import data, hparams
+from lottery import data, hparams, validation
 
 PROJECT = Path(__file__).resolve().parents[1]
 # Small enough for seconds per round on two cores, large enough that training visibly learns.
@@ -54,7 +54,7 @@ def mnist_root():
         try:
             data.verify(spec, root)
         except data.DataError:
-            data.fetch(hparams.load(PROJECT / "params.yaml").data, root)
+            data.fetch(validation.load(PROJECT / "params.yaml").data, root)
     return root
 
 
@@ -142,7 +142,7 @@ def lineages_in_one_store(root, mnist_root, overrides_by_name):
             space.mkdir()
             (space / "data").symlink_to(root / "data")
             os.chdir(space)
-            hp = hparams.from_dict(with_overrides(default_params(), overrides))
+            hp = validation.from_dict(with_overrides(default_params(), overrides))
             pipeline.run_lineage(hp)
             made[name] = json.loads(paths.lineage_file().read_text())["parent_run_id"], hp
         os.chdir(root)
@@ -182,7 +182,7 @@ def store_view(uri, experiment):
 @pytest.fixture
 def make_hp():
     def make(**overrides):
-        return hparams.from_dict(with_overrides(default_params(), {**TINY, **overrides}))
+        return validation.from_dict(with_overrides(default_params(), {**TINY, **overrides}))
 
     return make
 

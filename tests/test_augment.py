@@ -6,8 +6,9 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from lottery import augment, data, models, training
+from lottery import augment, data, hparams, identity, models, training, validation
 from lottery.masks import ones
+from tests.conftest import default_params, with_overrides
 from tests.test_data import data_hp
 
 BLACK = (-1.0, -2.0, -3.0)
@@ -67,7 +68,8 @@ def test_cifar_trains_with_crops_and_flips_by_default_and_mnist_without(tiny_cif
     assert data.load(off, root).augment is None
     assert data.augmentation(data_hp()) is None  # MNIST has no standard augmentation
     # Only an augmentation that happens names the lineage: MNIST's names stay as they were.
-    assert "augmentation" not in data_hp().identity() and "augmentation" in data_hp(dataset="cifar10", source="download").identity()
+    named = lambda **data_keys: identity.of(hparams.from_dict(with_overrides(default_params(), data_keys)))["data"]
+    assert "augmentation" not in named() and "augmentation" in named(**{"data.dataset": "cifar10", "data.source": "download"})
 
     def trained(splits):
         model = models.build("conv2", (3, 32, 32), 10, seed=0)
@@ -81,7 +83,4 @@ def test_cifar_trains_with_crops_and_flips_by_default_and_mnist_without(tiny_cif
 
 
 def training_hp():
-    from lottery import hparams
-    from tests.conftest import default_params
-
-    return hparams.from_dict(default_params()).train
+    return validation.from_dict(default_params()).train

@@ -117,7 +117,7 @@ def test_training_applies_the_schedule(mnist_root, make_hp):
     ],
 )
 def test_bad_issue_3_params_are_named(make_hp, overrides, message):
-    from lottery.hparams import ParamsError
+    from lottery.errors import ParamsError
 
     with pytest.raises(ParamsError) as err:
         make_hp(**overrides)

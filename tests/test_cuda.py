@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from lottery import checkpoints, early_bird, hparams, masks, paths, pipeline
+from lottery import checkpoints, early_bird, masks, paths, pipeline
 from lottery.io import read_json
+from lottery.errors import ParamsError
 from tests.conftest import reproduced_repo
 from tests.test_early_bird import eb_params
 from tests.test_pipeline import fingerprints_of_two_runs
@@ -70,5 +71,5 @@ def test_two_gpus_train_a_batchnorm_lineage_through_torchrun(tmp_path_factory, m
 
 def test_more_processes_than_gpus_is_refused_in_one_line(make_hp):
     too_many = torch.cuda.device_count() + 1
-    with pytest.raises(hparams.ParamsError, match=f"distributed.processes_per_node = {too_many}: one GPU per process"):
+    with pytest.raises(ParamsError, match=f"distributed.processes_per_node = {too_many}: one GPU per process"):
         make_hp(**CUDA, **{"distributed.processes_per_node": too_many, "train.batch_size": 60 * too_many})

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from lottery import curves, hparams, masks, paths, records
+from lottery import curves, masks, paths, records, validation
 from lottery.io import write_json, write_text
 from tests.conftest import default_params
 
@@ -39,7 +39,7 @@ def test_mlflow_series_log_only_the_points_that_have_the_value(tmp_path, monkeyp
     write_json(paths.round_metrics(1), {"round": 1, "final_test_accuracy": 0.8125, "early_stop_iteration": 750})
     write_text(paths.curve_plot_data(1), curves.to_csv(CURVE))
     masks.save({"layers.1.weight": torch.ones(3, 2, dtype=torch.bool)}, paths.mask(1))
-    record = records.evaluated(hparams.from_dict(default_params()), 1)
+    record = records.evaluated(validation.from_dict(default_params()), 1)
     assert record.series["validation_loss"] == [(0, 2.5), (250, 2.75), (500, 2.625), (750, 0.125), (1000, 0.5)]
     assert record.series["test_accuracy"] == [(0, 0.12), (750, 0.875), (1000, 0.8125)]
     assert record.series["test_loss"] == [(0, 2.4), (750, 0.25), (1000, 0.375)]

@@ -3,13 +3,12 @@ import shutil
 import pytest
 import torch
 
-from lottery import data
+from lottery import data, validation
 from tests.conftest import default_params, with_overrides
-from lottery import hparams
 
 
 def data_hp(**overrides):
-    return hparams.from_dict(with_overrides(default_params(), {f"data.{k}": v for k, v in overrides.items()})).data
+    return validation.from_dict(with_overrides(default_params(), {f"data.{k}": v for k, v in overrides.items()})).data
 
 
 def test_real_mnist_loads_as_normalised_tensors_with_a_validation_hold_out(mnist_root):

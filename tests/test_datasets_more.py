@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lottery import data
+from lottery import data, validation
 from tests.test_data import data_hp
 
 FASHION_FILES = sorted(data.DATASETS["fashion_mnist"].raw_digests)
@@ -140,7 +140,7 @@ def test_cifar_local_fetch_copies_the_batches_and_checks_their_md5s(tiny_cifar, 
 
 
 def test_cifar_has_no_package_to_fetch(tmp_path):
-    from lottery.hparams import ParamsError
+    from lottery.errors import ParamsError
 
     with pytest.raises(ParamsError, match="data.source = 'package': no registry package carries cifar10"):
         data_hp(dataset="cifar10", source="package")

@@ -4,8 +4,9 @@ search, and a tiny end-to-end search that stops early."""
 import pytest
 import torch
 
-from lottery import checkpoints, early_bird, hparams, masks, models, paths, pipeline, quantize
+from lottery import checkpoints, early_bird, hparams, masks, models, paths, pipeline, quantize, validation
 from lottery.io import read_json
+from lottery.errors import ParamsError
 from tests.conftest import default_params, store_view
 
 
@@ -51,7 +52,7 @@ def test_the_default_window_is_the_authors_fifo_of_5_masks():
     # The authors' EarlyBird (main.py, epoch_keep=5) keeps the last 5 masks and stops once none of
     # the newest's distances to the 4 others exceeds 0.1: after one far mask and then the same
     # mask again and again, it stops at the 6th, when the far one has left its FIFO.
-    hp = hparams.from_dict(default_params())
+    hp = validation.from_dict(default_params())
     search = early_bird.Search(epsilon=hp.early_bird.epsilon, queue=hp.early_bird.queue)
     far, same = torch.zeros(20, dtype=torch.bool), torch.ones(20, dtype=torch.bool)
     assert [search.observe(mask) for mask in [far] + [same] * 6] == [False] * 5 + [True, True]
@@ -105,9 +106,9 @@ def test_quantised_forwards_apply_inside_the_block_only():
 
 
 def test_params_tie_the_search_to_prune_at_round_1(make_hp):
-    with pytest.raises(hparams.ParamsError, match="prune.strategy = 'magnitude': early_bird.enabled"):
+    with pytest.raises(ParamsError, match="prune.strategy = 'magnitude': early_bird.enabled"):
         make_hp(**{"early_bird.enabled": True})
-    with pytest.raises(hparams.ParamsError, match="early_bird.quantize_bits = 1"):
+    with pytest.raises(ParamsError, match="early_bird.quantize_bits = 1"):
         make_hp(**{"early_bird.quantize_bits": 1})
 
 
@@ -176,7 +177,7 @@ def test_a_tiny_search_stops_early_and_hands_its_mask_to_prune(workdir, make_hp,
 def test_a_search_that_stops_before_the_rewind_point_is_a_params_error(workdir, make_hp):
     hp = eb_params(make_hp, **{"rewind.target": "init", "rewind.iteration": 390})
     pipeline.init(hp)
-    with pytest.raises(hparams.ParamsError, match=r"^rewind.iteration = 390: the Early-Bird search stopped training at iteration \d+, before it"):
+    with pytest.raises(ParamsError, match=r"^rewind.iteration = 390: the Early-Bird search stopped training at iteration \d+, before it"):
         pipeline.train_dense(hp)
 
 

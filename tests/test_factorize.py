@@ -7,15 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import checkpoints, factorize, hparams, masks, models, paths, pipeline, pruning, training
+from lottery import checkpoints, factorize, hparams, identity, masks, models, paths, pipeline, pruning, training, validation
 from lottery.io import read_json
+from lottery.errors import ParamsError
 from tests.conftest import tiny_params
 
 FACTORIZED = {"factorize.enabled": True, "weight_agnostic.values": [], "prune.rate": 0.5}
 
 
 def make_hp(mnist_root, **overrides):
-    return hparams.from_dict(tiny_params(mnist_root, {**FACTORIZED, **overrides}))
+    return validation.from_dict(tiny_params(mnist_root, {**FACTORIZED, **overrides}))
 
 
 def test_spectral_init_is_the_best_rank_r_approximation():
@@ -181,21 +182,21 @@ def test_weight_decay_spares_the_factors_when_frobenius_decay_takes_its_place(mn
     ],
 )
 def test_settings_a_factorized_lineage_cannot_use_are_refused_naming_the_key(mnist_root, overrides, message):
-    with pytest.raises(hparams.ParamsError, match=message):
+    with pytest.raises(ParamsError, match=message):
         make_hp(mnist_root, **overrides)
 
 
 def test_factorize_stays_out_of_the_lineage_name_until_it_is_enabled(mnist_root):
-    plain = hparams.from_dict(tiny_params(mnist_root, {}))
+    plain = validation.from_dict(tiny_params(mnist_root, {}))
     # Lineages named before the section (and train.weight_decay) existed keep their names.
-    assert "factorize" not in plain.identity() and "weight_decay" not in plain.identity()["train"]
-    switched_off = hparams.from_dict(tiny_params(mnist_root, {"factorize.spectral_init": False, "factorize.frobenius_decay": False}))
-    assert plain.params_hash == switched_off.params_hash
-    assert make_hp(mnist_root).params_hash != hparams.from_dict(tiny_params(mnist_root, {"weight_agnostic.values": [], "prune.rate": 0.5})).params_hash
+    assert "factorize" not in identity.of(plain) and "weight_decay" not in identity.of(plain)["train"]
+    switched_off = validation.from_dict(tiny_params(mnist_root, {"factorize.spectral_init": False, "factorize.frobenius_decay": False}))
+    assert identity.params_hash(plain) == identity.params_hash(switched_off)
+    assert identity.params_hash(make_hp(mnist_root)) != identity.params_hash(validation.from_dict(tiny_params(mnist_root, {"weight_agnostic.values": [], "prune.rate": 0.5})))
     # Without weight decay, Frobenius decay has nothing to apply: the same lineage either way.
-    assert make_hp(mnist_root).params_hash == make_hp(mnist_root, **{"factorize.frobenius_decay": False}).params_hash
+    assert identity.params_hash(make_hp(mnist_root)) == identity.params_hash(make_hp(mnist_root, **{"factorize.frobenius_decay": False}))
     decayed = {"train.weight_decay": 1e-4}
-    assert make_hp(mnist_root, **decayed).params_hash != make_hp(mnist_root, **decayed, **{"factorize.frobenius_decay": False}).params_hash
+    assert identity.params_hash(make_hp(mnist_root, **decayed)) != identity.params_hash(make_hp(mnist_root, **decayed, **{"factorize.frobenius_decay": False}))
 
 
 def test_a_factorized_lineage_matches_each_rounds_ticket_and_lowers_its_ranks(workdir, mnist_root):

@@ -2,12 +2,13 @@ import pytest
 import torch
 import yaml
 
-from lottery import cli, hparams
+from lottery import cli, hparams, identity, validation
+from lottery.errors import ParamsError
 from tests.conftest import PROJECT, default_params, run_stage, with_overrides
 
 
 def test_default_params_describe_the_paper_lenet_experiment():
-    hp = hparams.load(PROJECT / "params.yaml")
+    hp = validation.load(PROJECT / "params.yaml")
     assert (hp.model.name, hp.train.optimizer, hp.train.lr, hp.train.batch_size) == ("lenet_300_100", "adam", 0.0012, 60)
     assert hp.rounds >= 8
     assert 0.8**hp.rounds <= 0.17
@@ -41,35 +42,35 @@ def test_default_params_describe_the_paper_lenet_experiment():
     ],
 )
 def test_bad_values_raise_one_line_naming_the_key(overrides, message):
-    with pytest.raises(hparams.ParamsError) as err:
-        hparams.from_dict(with_overrides(default_params(), overrides))
+    with pytest.raises(ParamsError) as err:
+        validation.from_dict(with_overrides(default_params(), overrides))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device, so train.device: cuda is valid")
 def test_cuda_without_a_cuda_device_is_refused_up_front():
-    with pytest.raises(hparams.ParamsError, match=r"^train.device = 'cuda': torch finds no CUDA device here"):
-        hparams.from_dict(with_overrides(default_params(), {"train.device": "cuda"}))
+    with pytest.raises(ParamsError, match=r"^train.device = 'cuda': torch finds no CUDA device here"):
+        validation.from_dict(with_overrides(default_params(), {"train.device": "cuda"}))
 
 
 @pytest.mark.parametrize("section, key", [("train", "lr"), ("prune", "rate"), ("data", "dataset")])
 def test_missing_key_is_named(section, key):
     raw = default_params()
     del raw[section][key]
-    with pytest.raises(hparams.ParamsError, match=rf"^{section}\.{key}: missing key$"):
-        hparams.from_dict(raw)
+    with pytest.raises(ParamsError, match=rf"^{section}\.{key}: missing key$"):
+        validation.from_dict(raw)
 
 
 def test_missing_section_is_named():
     raw = default_params()
     del raw["prune"]
-    with pytest.raises(hparams.ParamsError, match=r"^prune: missing section$"):
-        hparams.from_dict(raw)
+    with pytest.raises(ParamsError, match=r"^prune: missing section$"):
+        validation.from_dict(raw)
 
 
 def test_identity_ignores_what_cannot_change_the_results():
-    base = hparams.from_dict(default_params())
+    base = validation.from_dict(default_params())
     same = {
         "tracking.experiment": "other",
         "report.tolerance": 0.1,
@@ -85,25 +86,25 @@ def test_identity_ignores_what_cannot_change_the_results():
         "model.init": "glorot",  # 'paper' is LeNet's Glorot
     }
     for key, value in same.items():
-        changed = hparams.from_dict(with_overrides(default_params(), {key: value}))
-        assert changed.params_hash == base.params_hash, key
+        changed = validation.from_dict(with_overrides(default_params(), {key: value}))
+        assert identity.params_hash(changed) == identity.params_hash(base), key
     differ = {"train.lr": 0.1, "seed": 1, "data.train_subset": 100, "prune.rate": 0.3, "rewind.iteration": 10}
     for key, value in differ.items():
-        changed = hparams.from_dict(with_overrides(default_params(), {key: value}))
-        assert changed.params_hash != base.params_hash, key
+        changed = validation.from_dict(with_overrides(default_params(), {key: value}))
+        assert identity.params_hash(changed) != identity.params_hash(base), key
     sgd = {"train.optimizer": "sgd", "train.momentum": 0.9}
     assert (
-        hparams.from_dict(with_overrides(default_params(), sgd)).params_hash
-        != hparams.from_dict(with_overrides(default_params(), {**sgd, "train.momentum": 0.5})).params_hash
+        identity.params_hash(validation.from_dict(with_overrides(default_params(), sgd)))
+        != identity.params_hash(validation.from_dict(with_overrides(default_params(), {**sgd, "train.momentum": 0.5})))
     )
     vgg = {"model.name": "vgg11", "model.width": 0.25}
     vgg_hash = {
-        init: hparams.from_dict(with_overrides(default_params(), {**vgg, "model.init": init})).params_hash
+        init: identity.params_hash(validation.from_dict(with_overrides(default_params(), {**vgg, "model.init": init})))
         for init in ("paper", "kaiming_normal", "glorot")
     }
     assert vgg_hash["paper"] == vgg_hash["kaiming_normal"] != vgg_hash["glorot"]  # VGG's paper init is Kaiming's
-    integer_lr = hparams.from_dict(with_overrides(default_params(), {"train.lr": 1}))
-    assert integer_lr.params_hash == hparams.from_dict(with_overrides(default_params(), {"train.lr": 1.0})).params_hash
+    integer_lr = validation.from_dict(with_overrides(default_params(), {"train.lr": 1}))
+    assert identity.params_hash(integer_lr) == identity.params_hash(validation.from_dict(with_overrides(default_params(), {"train.lr": 1.0})))
 
 
 def test_params_read_as_dvc_reads_them(tmp_path):
@@ -112,7 +113,7 @@ def test_params_read_as_dvc_reads_them(tmp_path):
     text = (PROJECT / "params.yaml").read_text().replace("bn_l1: 0.0 ", "bn_l1: 1e-4 ")
     assert "bn_l1: 1e-4" in text
     (tmp_path / "params.yaml").write_text(text)
-    hp = hparams.load(tmp_path / "params.yaml")
+    hp = validation.load(tmp_path / "params.yaml")
     assert hp.train.bn_l1 == 1e-4 == parse_yaml(text, "params.yaml")["train"]["bn_l1"]
 
 
@@ -136,7 +137,7 @@ def test_set_rounds_rewrites_only_the_rounds_section(tmp_path):
     cli.set_rounds(params, 3)
     text = params.read_text()
     assert yaml.safe_load(text)["rounds"] == {"1": {"prev": 0}, "2": {"prev": 1}, "3": {"prev": 2}}
-    assert hparams.load(params).rounds == 3
+    assert validation.load(params).rounds == 3
     before_rounds = original.split("\nrounds:")[0]
     assert text.startswith(before_rounds)  # comments and every other section kept as written
 
@@ -145,7 +146,7 @@ def test_set_rounds_refuses_zero_and_keeps_the_file(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text((PROJECT / "params.yaml").read_text())
     before = params.read_text()
-    with pytest.raises(hparams.ParamsError, match="rounds = 0"):
+    with pytest.raises(ParamsError, match="rounds = 0"):
         cli.set_rounds(params, 0)
     assert params.read_text() == before
 

@@ -7,7 +7,8 @@ import mlflow
 import pytest
 import torch
 
-from lottery import cli, hparams, lineage, paths, pipeline
+from lottery import cli, lineage, paths, pipeline, validation
+from lottery.errors import ParamsError
 from tests.conftest import TINY, lineages_in_one_store, with_overrides
 
 
@@ -96,8 +97,8 @@ def test_list_show_and_diff_read_the_store_whatever_the_params_ask_of_the_machin
     ids, hp = two_lineages
     on_cuda = tmp_path / "cuda-params.yaml"
     on_cuda.write_text(yaml.safe_dump(with_overrides(hp.raw, {"train.device": "cuda"})))
-    with pytest.raises(hparams.ParamsError, match="train.device = 'cuda'"):
-        hparams.load(on_cuda)  # a stage would refuse these params here
+    with pytest.raises(ParamsError, match="train.device = 'cuda'"):
+        validation.load(on_cuda)  # a stage would refuse these params here
     cli_args = ["--params", str(on_cuda), "lineage"]
     rows = json.loads(run_cli(capsys, *cli_args, "list", "--json"))
     assert sorted(r["prune.rate"] for r in rows) == ["0.2", "0.3"]

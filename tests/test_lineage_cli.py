@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from lottery import cli, hparams, lineage, records
+from lottery import cli, hparams, identity, lineage, records, validation
 from tests.conftest import TINY, default_params, lineages_in_one_store, with_overrides
 
 ONE_ROUND = {**TINY, "rounds": hparams.rounds_section(1)}
@@ -62,8 +62,8 @@ def columns_and_rows(text):
     ],
 )
 def test_the_method_is_named_from_the_params_a_lineage_records(overrides, label):
-    hp = hparams.from_dict(with_overrides(default_params(), {**TINY, **overrides}))
-    recorded = {key: str(value) for key, value in records.flatten(hp.identity()).items()}  # as MLflow keeps them
+    hp = validation.from_dict(with_overrides(default_params(), {**TINY, **overrides}))
+    recorded = {key: str(value) for key, value in records.flatten(identity.of(hp)).items()}  # as MLflow keeps them
     assert lineage.method(recorded) == label
 
 

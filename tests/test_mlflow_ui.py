@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lottery import hparams, mlflow_view, paths, pipeline, records, report, tracking
+from lottery import hparams, mlflow_view, paths, pipeline, records, report, tracking, validation
 from lottery.io import read_json
 from tests.conftest import TINY, default_params, store_view, with_overrides
 from tests.test_plots_offline import chromium
@@ -141,7 +141,7 @@ def served(tmp_path_factory, mnist_root):
     base = tmp_path_factory.mktemp("ui")
     (base / "data").mkdir()
     (base / "data" / "mnist").symlink_to(mnist_root)
-    hp = hparams.from_dict(with_overrides(default_params(), UI_LINEAGE))
+    hp = validation.from_dict(with_overrides(default_params(), UI_LINEAGE))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(base)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lottery import models
+from lottery import models, validation
 from lottery.models.resnet import BasicBlock
 from tests.test_pruning import train_like
 
@@ -54,8 +54,8 @@ def test_the_paper_init_is_kaiming_for_vgg_and_resnet_and_glorot_for_the_lth_net
     from lottery.steps.common import model_spec
     from tests.conftest import default_params, with_overrides
 
-    hp = hparams.from_dict(with_overrides(default_params(), {"model.name": name, "model.init": "paper"}))
-    assert hp.model.weights_init() == expected
+    hp = validation.from_dict(with_overrides(default_params(), {"model.name": name, "model.init": "paper"}))
+    assert models.weights_init(hp.model) == expected
     spec = model_spec(hp)  # what the init stage saves θ0 with
     assert spec.get("init", "glorot") == expected
     model = checkpoints.build(spec, seed=hp.seed)

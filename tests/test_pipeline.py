@@ -9,7 +9,7 @@ import mlflow.pytorch
 import pytest
 import torch
 
-from lottery import checkpoints, hparams, masks, paths, pipeline, provenance, pruning, report, tracking
+from lottery import checkpoints, hparams, identity, masks, paths, pipeline, provenance, pruning, report, tracking
 
 
 def fingerprint():
@@ -92,7 +92,7 @@ def test_mlflow_holds_one_parent_and_one_child_per_round_with_the_file_metrics(l
     assert len(parents) == 1 and sorted(children) == list(range(lineage.rounds + 1))
     parent = parents[0]
     assert parent.data.tags["lottery.lineage"] == provenance.lineage_id(lineage)
-    assert parent.data.tags["lottery.params_hash"] == lineage.params_hash
+    assert parent.data.tags["lottery.params_hash"] == identity.params_hash(lineage)
     assert parent.data.params["prune.rate"] == "0.2"
     for round_, run in children.items():
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from lottery import masks, models, pruning
+from lottery import masks, models, pruning, validation
 from tests.conftest import default_params, with_overrides
-from lottery import hparams
+from lottery.errors import ParamsError
 
 
 def prune_hp(**overrides):
-    return hparams.from_dict(with_overrides(default_params(), {f"prune.{k}": v for k, v in overrides.items()})).prune
+    return validation.from_dict(with_overrides(default_params(), {f"prune.{k}": v for k, v in overrides.items()})).prune
 
 
 def train_like(model, seed):
@@ -106,7 +106,7 @@ def test_global_scope_leaves_the_output_layer_of_vgg_and_resnet_alone_unless_tol
     ],
 )
 def test_a_rate_the_scope_ignores_is_refused(overrides, message):
-    with pytest.raises(hparams.ParamsError, match=message):
+    with pytest.raises(ParamsError, match=message):
         prune_hp(**overrides)
 
 

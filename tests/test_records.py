@@ -8,7 +8,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from lottery import deps, hparams, io, lineage, paths, pipeline, provenance, records, tracking
+from lottery import deps, io, lineage, paths, pipeline, provenance, records, tracking, validation
 from tests.conftest import PROJECT, TINY, default_params, run_stage, store_view, with_overrides
 
 
@@ -18,7 +18,7 @@ def recorded(tmp_path_factory, mnist_root):
     base = tmp_path_factory.mktemp("recorded")
     (base / "data").mkdir()
     (base / "data" / "mnist").symlink_to(mnist_root)
-    hp = hparams.from_dict(with_overrides(default_params(), {**TINY, "controls.run": ["reinit"]}))
+    hp = validation.from_dict(with_overrides(default_params(), {**TINY, "controls.run": ["reinit"]}))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(base)
         patch.setenv("MLFLOW_TRACKING_URI", uri(base))

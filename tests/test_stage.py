@@ -8,7 +8,7 @@ import yaml
 
 from lottery import channels, data, lineage, masks, pruning, replicates, stage
 from lottery.errors import MissingInput
-from lottery.hparams import ParamsError
+from lottery.errors import ParamsError
 from tests.conftest import PROJECT
 
 USER_ERRORS = [

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import channels, checkpoints, compression, controls, hparams, masks, models, pipeline, pruning, training
+from lottery import channels, checkpoints, compression, controls, hparams, masks, models, pipeline, pruning, training, validation
 from lottery.models import base
+from lottery.errors import ParamsError
 from tests.conftest import default_params, with_overrides
 
 VGG = dict(name="vgg11", input_shape=(1, 28, 28), num_classes=10, seed=0, width=0.25)
@@ -16,7 +17,7 @@ RESNET = dict(name="resnet20", input_shape=(3, 16, 16), num_classes=10, seed=0, 
 
 
 def hp_with(**overrides):
-    return hparams.from_dict(with_overrides(default_params(), overrides))
+    return validation.from_dict(with_overrides(default_params(), overrides))
 
 
 def channel_prune_hp(strategy, scope, rate=0.5, min_channels=1, max_layer_fraction=1.0):
@@ -204,7 +205,7 @@ def test_layerwise_ratio_that_would_empty_a_layer_is_refused_up_front():
         "prune.min_channels": 2,
     }
     hp_with(**overrides, rounds=hparams.rounds_section(2))  # 8 -> 4 -> 2: allowed
-    with pytest.raises(hparams.ParamsError, match=r"prune.rate = 0.5: round 3 would leave features.0.weight 1 of 8"):
+    with pytest.raises(ParamsError, match=r"prune.rate = 0.5: round 3 would leave features.0.weight 1 of 8"):
         hp_with(**overrides, rounds=hparams.rounds_section(3))
 
 
@@ -236,18 +237,18 @@ def test_a_global_threshold_takes_at_most_max_layer_fraction_of_any_layer(rounds
 
 
 def test_a_cap_that_leaves_the_rate_unreachable_is_refused_up_front():
-    with pytest.raises(hparams.ParamsError, match=r"prune.rate = 0.5: round 2 would leave .* fewer than the .* prune.max_layer_fraction = 0.6"):
+    with pytest.raises(ParamsError, match=r"prune.rate = 0.5: round 2 would leave .* fewer than the .* prune.max_layer_fraction = 0.6"):
         channel_prune_hp("bn_slimming", "global", max_layer_fraction=0.6)
 
 
 def test_params_refuse_what_a_model_or_strategy_cannot_do():
-    with pytest.raises(hparams.ParamsError, match="prune.granularity = 'weight': l1_filter prunes channels"):
+    with pytest.raises(ParamsError, match="prune.granularity = 'weight': l1_filter prunes channels"):
         hp_with(**{"prune.strategy": "l1_filter"})
-    with pytest.raises(hparams.ParamsError, match="has no BatchNorm2d layer"):
+    with pytest.raises(ParamsError, match="has no BatchNorm2d layer"):
         hp_with(**{"prune.strategy": "bn_slimming", "prune.granularity": "channel"})  # LeNet
-    with pytest.raises(hparams.ParamsError, match="model.width = 0.5: conv2 has fixed widths"):
+    with pytest.raises(ParamsError, match="model.width = 0.5: conv2 has fixed widths"):
         hp_with(**{"model.name": "conv2", "model.width": 0.5})
-    with pytest.raises(hparams.ParamsError, match="rewind.iteration = 100: only rewind.target 'init'"):
+    with pytest.raises(ParamsError, match="rewind.iteration = 100: only rewind.target 'init'"):
         hp_with(**{"rewind.target": "finetune", "rewind.iteration": 100})
 
 
@@ -336,7 +337,7 @@ def test_multi_pass_slimming_keeps_the_sparsity_term_in_every_rounds_retraining(
     one_pass, _ = pipeline.retrain_schedule(hp_with(**base), model, mask)
     multi_pass, _ = pipeline.retrain_schedule(hp_with(**base, **{"train.bn_l1_rounds": "every"}), model, mask)
     assert (one_pass.bn_l1, multi_pass.bn_l1) == (0.0, 1e-4)
-    with pytest.raises(hparams.ParamsError, match="train.bn_l1_rounds = 'every': repeats the sparsity term, and train.bn_l1 is 0"):
+    with pytest.raises(ParamsError, match="train.bn_l1_rounds = 'every': repeats the sparsity term, and train.bn_l1 is 0"):
         hp_with(**{**base, "train.bn_l1": 0.0, "train.bn_l1_rounds": "every"})
 
 

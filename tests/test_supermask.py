@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import checkpoints, data, hparams, lineage, masks, models, paths, pipeline, pruning, supermask, weight_agnostic
+from lottery import checkpoints, data, identity, lineage, masks, models, paths, pipeline, pruning, supermask, validation, weight_agnostic
+from lottery.errors import ParamsError
 from tests.conftest import default_params, with_overrides
 
 SUPERMASK = {
@@ -109,13 +110,13 @@ def test_the_straight_through_gradient_reaches_each_score_through_its_magnitude(
 
 @pytest.fixture(scope="module")
 def mnist_splits(mnist_root):
-    hp = hparams.from_dict(with_overrides(default_params(), {"data.train_subset": 2000, "data.test_subset": 1000}))
+    hp = validation.from_dict(with_overrides(default_params(), {"data.train_subset": 2000, "data.test_subset": 1000}))
     return data.load(hp.data, mnist_root)
 
 
 @pytest.mark.parametrize("agnostic", [False, True])
 def test_score_training_leaves_every_weight_bit_identical_and_beats_its_starting_mask(mnist_splits, agnostic):
-    hp = hparams.from_dict(
+    hp = validation.from_dict(
         with_overrides(default_params(), {**SUPERMASK, "supermask.iterations": 150, "supermask.weight_agnostic": agnostic})
     )
     model = lenet(init="signed_kaiming_constant")
@@ -167,7 +168,7 @@ def test_weight_agnostic_evaluation_computes_the_hand_computed_network():
 
 def test_every_positive_shared_weight_predicts_alike_and_so_does_every_negative_one(mnist_splits):
     model = lenet(seed=5)
-    mask = pruning.prune(hparams.from_dict(default_params()).prune, model, masks.ones(model), seed=0, rounds=4)
+    mask = pruning.prune(validation.from_dict(default_params()).prune, model, masks.ones(model), seed=0, rounds=4)
     found = weight_agnostic.evaluate(model, mask, mnist_splits.test, [-2.0, -1.0, -0.5, 0.5, 1.0, 2.0], "init")
     accuracy = found["weight_agnostic_accuracy"]
     assert accuracy["w0.5"] == accuracy["w1"] == accuracy["w2"]
@@ -191,14 +192,14 @@ def test_every_positive_shared_weight_predicts_alike_and_so_does_every_negative_
     ],
 )
 def test_bad_supermask_params_raise_one_line_naming_the_key(overrides, message):
-    with pytest.raises(hparams.ParamsError) as err:
-        hparams.from_dict(with_overrides(default_params(), {**SUPERMASK, **overrides}))
+    with pytest.raises(ParamsError) as err:
+        validation.from_dict(with_overrides(default_params(), {**SUPERMASK, **overrides}))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_supermask_settings_name_the_lineage_only_when_the_search_runs():
     def params_hash(**overrides):
-        return hparams.from_dict(with_overrides(default_params(), overrides)).params_hash
+        return identity.params_hash(validation.from_dict(with_overrides(default_params(), overrides)))
 
     assert params_hash() == params_hash(**{"supermask.lr": 0.5, "weight_agnostic.signs": "none"})
     assert params_hash(**SUPERMASK) != params_hash(**{**SUPERMASK, "supermask.lr": 0.5})

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from lottery import hparams, lineage, records, tracking
+from lottery import hparams, lineage, records, tracking, validation
 from lottery.io import read_json
 from tests.conftest import reproduced_repo, sh, store_view
 
@@ -100,14 +100,14 @@ def repo(tmp_path_factory, mnist_root):
 
 
 def project_store(repo):
-    hp = hparams.load(repo / "params.yaml")
+    hp = validation.load(repo / "params.yaml")
     store = lineage.Store(f"sqlite:///{repo / 'mlflow.db'}", hp.tracking.experiment)
     (parent,) = store.parents()
     return store, store.load(parent)
 
 
 def test_an_identical_rerun_logs_nothing(repo):
-    experiment = hparams.load(repo / "params.yaml").tracking.experiment
+    experiment = validation.load(repo / "params.yaml").tracking.experiment
     before, uploaded = store_view(f"sqlite:///{repo / 'mlflow.db'}", experiment), artifact_files(repo)
     for stage in ("prune@1", "evaluate@1", "report"):  # report publishes every record of the lineage
         sh(repo, "dvc", "repro", "-f", "-s", stage)

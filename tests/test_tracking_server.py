@@ -28,7 +28,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from lottery import paths, pipeline, provenance, records, tracking
+from lottery import identity, paths, pipeline, provenance, records, tracking
 
 START_TIMEOUT_S = 90  # a healthy server answers in ~10 s; this machine may be shared and slow
 STOP_GRACE_S = 5
@@ -251,7 +251,7 @@ def test_a_lineage_logged_through_the_server(server, workdir, make_hp, monkeypat
     assert len(parents) == 1
     parent = parents[0]
     assert parent.data.tags[tracking.LINEAGE_TAG] == provenance.lineage_id(hp)
-    assert parent.data.params == {key: str(value) for key, value in records.flatten(hp.identity()).items()}
+    assert parent.data.params == {key: str(value) for key, value in records.flatten(identity.of(hp)).items()}
     by_round = {int(r.data.tags[tracking.ROUND_TAG]): r for r in children}
     assert len(children) == len(by_round) and sorted(by_round) == [0, 1, 2]
     for round_, run in by_round.items():

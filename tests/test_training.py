@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 import torch
 
-from lottery import data, hparams, masks, models, pipeline, training
+from lottery import data, masks, models, pipeline, training
+from lottery.errors import ParamsError
 
 
 @pytest.fixture
@@ -91,7 +92,7 @@ def test_batch_larger_than_the_data_is_refused(splits, make_hp):
     # Params validation refuses this against the dataset's size; data smaller than its registry
     # size (a local copy, say) is caught by the loop itself, in one line.
     train_hp = dataclasses.replace(make_hp().train, batch_size=5000)
-    with pytest.raises(hparams.ParamsError, match=r"^train.batch_size = 5000: larger than the training set \(1200 examples\)$"):
+    with pytest.raises(ParamsError, match=r"^train.batch_size = 5000: larger than the training set \(1200 examples\)$"):
         training.train(lenet(), masks.ones(lenet()), splits, train_hp, seed=0)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import channels, data, hparams, training, weight_agnostic
+from lottery import channels, data, training, validation, weight_agnostic
 from tests.conftest import default_params, with_overrides
 from tests.test_structured import VGG, random_channel_mask, trained_like
 
@@ -19,7 +19,7 @@ VALUES = (-1.0, 0.5)
 
 @pytest.fixture(scope="module")
 def test_split(mnist_root):
-    hp = hparams.from_dict(with_overrides(default_params(), {"data.train_subset": 100, "data.test_subset": 300}))
+    hp = validation.from_dict(with_overrides(default_params(), {"data.train_subset": 100, "data.test_subset": 300}))
     return data.load(hp.data, mnist_root).test
 
 

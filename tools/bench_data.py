@@ -8,13 +8,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lottery import data, hparams  # noqa: E402
+from lottery import data, validation  # noqa: E402
 
 BENCH_DATASETS = ("mnist", "fashion_mnist")
 
 
 def main():
-    defaults = hparams.load(ROOT / "params.yaml").data
+    defaults = validation.load(ROOT / "params.yaml").data
     for dataset in BENCH_DATASETS:
         root = ROOT / "data" / dataset
         try:

@@ -2,6 +2,9 @@
 
 import torch
 
+from lottery.checks import one_of
+from lottery.errors import ParamsError
+from lottery.models.base import INITS
 from lottery.registry import Registry
 
 REGISTRY = Registry()
@@ -21,6 +24,19 @@ def build(name, input_shape, num_classes, seed, width=1.0, init="glorot", fans=N
     model.input_shape = tuple(input_shape)
     model.reset_parameters(torch.Generator().manual_seed(seed), init, fans)
     return model
+
+
+def weights_init(model_hp):
+    """The init θ0 is drawn with (base.INITS): model.init `paper` resolves to the model's own."""
+    return REGISTRY[model_hp.name].paper_init if model_hp.init == "paper" else model_hp.init
+
+
+def check_params(hp):
+    """The model section's rules: a registered name, a width the model can scale to, a known init."""
+    one_of("model.name", hp.model.name, REGISTRY)
+    if hp.model.width != 1.0 and not REGISTRY[hp.model.name].scalable:
+        raise ParamsError(f"model.width = {hp.model.width!r}: {hp.model.name} has fixed widths (use 1.0)")
+    one_of("model.init", hp.model.init, ("paper", *INITS))
 
 
 # Each module registers its models on import. Plain imports (not importlib) let lottery.deps see

@@ -2,7 +2,7 @@
 
 import contextlib
 
-from lottery import checkpoints, early_bird, factorize, masks, paths, pruning, records, resume, tracking
+from lottery import checkpoints, early_bird, factorize, identity, masks, paths, pruning, records, resume, tracking
 from lottery.io import read_json, write_json
 from lottery.steps.common import pruned_from, splits
 
@@ -23,7 +23,7 @@ def prune(hp, round_):
         "prune.granularity": hp.prune.granularity,
         "rewind.target": hp.rewind.target,
         "rewind.iteration": hp.rewind.iteration,
-        **{f"factorize.{key}": value for key, value in hp.identity().get("factorize", {}).items()},
+        **{f"factorize.{key}": value for key, value in identity.of(hp).get("factorize", {}).items()},
     }
     masks.save(mask, paths.mask(round_))
     write_json(paths.sparsity_report(round_), sparsity)
@@ -34,7 +34,7 @@ def _pruned(hp, round_):
     source = pruned_from(hp, round_)
     trained, _ = checkpoints.load_model(paths.trained_weights(source))
     previous = masks.load(paths.mask(source), trained)
-    searching = hp.searches_supermasks()  # a supermask search trains, and so saves as it goes
+    searching = pruning.learns_scores(hp.prune.strategy)  # a supermask search trains, and so saves as it goes
     inputs = [paths.rewind_point(), paths.trained_weights(source), paths.mask(source)]
     with resume.kept_until_done(hp, f"prune@{round_}", inputs) if searching else contextlib.nullcontext() as saves:
         search_inputs = _search_inputs(hp, saves) if searching else None

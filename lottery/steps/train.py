@@ -3,7 +3,7 @@
 import contextlib
 
 from lottery import checkpoints, early_bird, masks, paths, quantize, records, resume, tracking, training
-from lottery.hparams import ParamsError
+from lottery.errors import ParamsError
 from lottery.io import write_json
 from lottery.steps.common import save_training, save_weights, splits as load_splits
 from lottery.steps.evaluate import evaluate

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's package, whatever is installed
 
-from lottery import hparams, pipeline, yaml12  # noqa: E402
+from lottery import hparams, pipeline, validation, yaml12  # noqa: E402
 
 SMOKE = {"rounds": 2, "iterations": 100, "eval_every": 50}
 
@@ -31,7 +31,7 @@ def params(smoke):
         raw["rounds"] = hparams.rounds_section(SMOKE["rounds"])
         raw["train"]["iterations"] = SMOKE["iterations"]
         raw["train"]["eval_every"] = SMOKE["eval_every"]
-    return hparams.from_dict(raw)
+    return validation.from_dict(raw)
 
 
 def main(argv=None):
