@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lottery import checkpoints, data, distributed, hparams, identity, models, paths, training, validation
+from lottery.errors import ParamsError
 from tests.conftest import PROJECT, reproduced_repo, sh, store_view
 
 # One round and one control: the train, retrain and control stages all run data-parallel.
@@ -89,7 +90,7 @@ def test_only_rank_0_logs_one_run_per_branch_and_a_rerun_is_a_no_op(repos):
 # joining the group) and then as one of two ranks; a batch sliced; a decision only rank 0 takes.
 RANK_SCRIPT = """
 import json, sys, torch
-from lottery.errors import ParamsError
+from lottery import data, distributed, training
 split = data.Split(torch.randn(2500, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.arange(2500) % 10)
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
