@@ -179,7 +179,7 @@ class TrainHparams(Section):
 
 @dataclass(frozen=True)
 class PruneHparams(Section):
-    strategy: str  # registry name in lottery.pruning
+    strategy: str  # registry name in lottery.pruning.strategies
     scope: str  # layerwise: each layer loses its own rate; global: one ranking over the layers but the output
     rate: float  # fraction of the remaining weights removed per round (fully-connected layers)
     conv_rate: typing.Optional[float]  # layerwise weight pruning: null = the model's paper rate for conv layers
@@ -190,16 +190,16 @@ class PruneHparams(Section):
     max_layer_fraction: float  # global channel pruning takes at most this fraction of any layer's channels
 
     def check(self):
-        from lottery import pruning
+        from lottery.pruning import strategies
 
-        _one_of("prune.strategy", self.strategy, pruning.REGISTRY)
+        _one_of("prune.strategy", self.strategy, strategies.REGISTRY)
         _one_of("prune.granularity", self.granularity, ("weight", "channel"))
-        supported = pruning.REGISTRY[self.strategy].granularities
+        supported = strategies.REGISTRY[self.strategy].granularities
         if self.granularity not in supported:
             raise ParamsError(f"prune.granularity = {self.granularity!r}: {self.strategy} prunes {' or '.join(supported)}s")
         _at_least("prune.min_channels", self.min_channels, 1)
         _one_of("prune.scope", self.scope, ("layerwise", "global"))
-        scopes = getattr(pruning.REGISTRY[self.strategy], "scopes", ("layerwise", "global"))
+        scopes = getattr(strategies.REGISTRY[self.strategy], "scopes", ("layerwise", "global"))
         if self.scope not in scopes:
             raise ParamsError(f"prune.scope = {self.scope!r}: {self.strategy} ranks within each layer (use 'layerwise')")
         _one_of("prune.schedule", self.schedule, ("iterative", "oneshot"))
@@ -478,7 +478,8 @@ class Hparams:
     def _check_channels(self):
         import torch
 
-        from lottery import channels, pruning
+        from lottery import channels
+        from lottery.pruning import rates, strategies
 
         if "random_sparse" in self.controls.run:
             raise ParamsError("controls.run = ['random_sparse']: needs prune.granularity 'weight' (it breaks channels)")
@@ -488,8 +489,8 @@ class Hparams:
             raise ParamsError(f"prune.granularity = 'channel': {self.model.name} has no prunable channels")
         try:
             # A strategy that cannot score this model's channels (bn_slimming without BatchNorm) says so now.
-            pruning.REGISTRY[self.prune.strategy].channel_scores(model, channel_groups, torch.Generator())
-            pruning.check_channel_budget(self.prune, {g.name: g.size for g in channel_groups}, self.rounds)
+            strategies.REGISTRY[self.prune.strategy].channel_scores(model, channel_groups, torch.Generator())
+            rates.check_channel_budget(self.prune, {g.name: g.size for g in channel_groups}, self.rounds)
         except ValueError as err:
             raise ParamsError(str(err)) from None
 
@@ -518,9 +519,9 @@ class Hparams:
 
     def searches_supermasks(self):
         """Whether prune@r trains scores on frozen weights (edge-popup) rather than scoring trained ones."""
-        from lottery import pruning
+        from lottery.pruning import strategies
 
-        return pruning.learns_scores(self.prune.strategy)
+        return strategies.REGISTRY[self.prune.strategy].learns_scores
 
     def _check_supermask(self):
         # The search scores the weights the round will start from, and none of them is trained.
@@ -541,7 +542,7 @@ class Hparams:
 
     def _check_factorize(self):
         # A factorized round stores as many weights as the round's weight-pruned ticket would keep
-        # (pruning.kept_weights); what only applies to masks is refused rather than ignored.
+        # (lottery.pruning.driver.kept_weights); what only applies to masks is refused rather than ignored.
         needs = {
             "prune.granularity": (self.prune.granularity, "weight", "it matches the weights a weight-pruned ticket keeps"),
             "controls.run": (self.controls.run, [], "the controls retrain a mask's sparsity pattern"),
@@ -562,10 +563,11 @@ class Hparams:
         self._check_factorized_rounds()
 
     def _check_factorized_rounds(self):
-        from lottery import factorize, pruning
+        from lottery import factorize
+        from lottery.pruning import driver
 
         model = self._model()
-        target = pruning.kept_weights(self.prune, model, self.rounds, seed=0)
+        target = driver.kept_weights(self.prune, model, self.rounds, seed=0)
         try:
             factorize.matched_ranks(model, target)
         except ValueError as err:

@@ -1,9 +1,9 @@
 from lottery import devices, supermask
-from lottery.pruning import register
+from lottery.pruning.strategy import Strategy, register
 
 
 @register("edge_popup")
-class EdgePopup:
+class EdgePopup(Strategy):
     """A supermask of the round's start weights (lottery.supermask): scores trained on the frozen
     rewind point, each layer keeping its top |scores| at the round's sparsity; no weight trains."""
 

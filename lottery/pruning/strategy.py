@@ -1,0 +1,57 @@
+"""What a pruning strategy is: a `Strategy` subclass registered by name with `@register("name")`,
+and what it may be handed. lottery.pruning.strategies imports every strategy module, which fills
+REGISTRY; read it from there.
+
+A strategy names its `granularities` ('weight', 'channel') and has, for each, `weight_scores(model,
+mask, generator) -> {param name: scores}` or `channel_scores(model, channel_groups, generator) ->
+{group name: scores[size]}`; the lowest scores go. One whose scores only rank within a layer names
+`scopes = ("layerwise",)`.
+
+A strategy that learns its scores from data rather than reading them off the trained weights
+(edge_popup) sets `learns_scores = True` and has `search(inputs, mask, drop, generator) -> mask`:
+`inputs` is the `SearchInputs` the prune step gathers, `drop` how many of each layer's kept weights
+go (lottery.pruning.rates.drop_counts), and the returned mask keeps exactly the others.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from lottery.registry import Registry
+
+REGISTRY = Registry()
+register = REGISTRY.register
+
+
+class Strategy:
+    """The rules a strategy sets for the params that choose it; a subclass overrides what differs."""
+
+    granularities = ()  # what it prunes: 'weight' and/or 'channel'
+    scopes = ("layerwise", "global")  # the rankings its scores allow
+    learns_scores = False  # True: it searches a mask (`search`) instead of scoring trained weights
+
+
+@dataclass(frozen=True)
+class SearchInputs:
+    """What a strategy that learns its scores reads: the weights the round will start from (which
+    the search freezes), the data splits, the lineage's params, and the search's in-round saves
+    (lottery.resume; None: none)."""
+
+    weights: object
+    splits: object
+    hp: object
+    saves: object = None
+
+
+def mean_channel_scores(model, channel_groups, layer_types, score, strategy):
+    """{group: per channel, the mean of `score(weight)` over the group's `layer_types` layers whose
+    outputs are its channels} (several layers share a channel on a residual stream)."""
+    params = dict(model.named_parameters())
+    scores = {}
+    for group in channel_groups:
+        weights = [name for layer in layer_types for name in group.output_weights(layer)]
+        if not weights:
+            kinds = " or ".join(layer.__name__ for layer in layer_types)
+            raise ValueError(f"prune.strategy = {strategy!r}: {group.name} has no {kinds} layer to score")
+        scores[group.name] = torch.stack([score(params[name].detach().cpu()) for name in weights]).mean(0)
+    return scores
