@@ -39,7 +39,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from lottery import data, devices, hparams, masks, models, report, training, weight_agnostic  # noqa: E402
-from lottery.pruning import driver, strategy  # noqa: E402
+from lottery.pruning import driver  # noqa: E402
 from lottery.io import write_json, write_text  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
@@ -118,7 +118,7 @@ def supermasks(args, seed, splits, width):
         for density in args.densities:
             started = time.perf_counter()
             mask = driver.prune(uniform(hp.prune, 1 - density), theta0, masks.ones(theta0), seed=seed,
-                                 search_inputs=strategy.SearchInputs(theta0, splits, hp))
+                                 search_inputs=driver.SearchInputs(theta0, splits, hp))
             seconds = time.perf_counter() - started
             found[f"{kind}-w{width:g}@{density}"] = {
                 "accuracy": masked_accuracy(theta0, mask, splits.test),

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lottery import checkpoints, data, hparams, lineage, masks, models, paths, pipeline, supermask, weight_agnostic
-from lottery.pruning import driver, rates, selection, strategy
+from lottery.pruning import driver, rates, selection
 from tests.conftest import default_params, with_overrides
 
 SUPERMASK = {
@@ -122,7 +122,7 @@ def test_score_training_leaves_every_weight_bit_identical_and_beats_its_starting
     model = lenet(init="signed_kaiming_constant")
     before = copy.deepcopy(model.state_dict())
     dense = masks.ones(model)
-    inputs = strategy.SearchInputs(weights=model, splits=mnist_splits, hp=hp)
+    inputs = driver.SearchInputs(weights=model, splits=mnist_splits, hp=hp)
     mask = driver.prune(hp.prune, model, dense, seed=1, rounds=2, search_inputs=inputs)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
     drop = rates.drop_counts(dense, rates.layer_rates(model, hp.prune), rounds=2)

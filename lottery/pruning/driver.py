@@ -1,10 +1,24 @@
 """A pruning step: the registered strategy's scores or search, at the rates lottery.pruning.rates
 gives, through the selection of lottery.pruning.selection."""
 
+from dataclasses import dataclass
+
 import torch
 
 from lottery import channels, masks
 from lottery.pruning import rates, selection, strategies
+
+
+@dataclass(frozen=True)
+class SearchInputs:
+    """What a strategy that learns its scores reads: the weights the round will start from (which
+    the search freezes), the data splits, the lineage's params, and the search's in-round saves
+    (lottery.resume; None: none)."""
+
+    weights: object
+    splits: object
+    hp: object
+    saves: object = None
 
 
 def prune(prune_hp, model, mask, seed, rounds=1, search_inputs=None):

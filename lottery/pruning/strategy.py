@@ -1,6 +1,5 @@
-"""What a pruning strategy is: a `Strategy` subclass registered by name with `@register("name")`,
-and what it may be handed. lottery.pruning.strategies imports every strategy module, which fills
-REGISTRY; read it from there.
+"""What a pruning strategy is: a `Strategy` subclass registered by name with `@register("name")`.
+lottery.pruning.strategies imports every strategy module, which fills REGISTRY; read it from there.
 
 A strategy names its `granularities` ('weight', 'channel') and has, for each, `weight_scores(model,
 mask, generator) -> {param name: scores}` or `channel_scores(model, channel_groups, generator) ->
@@ -9,11 +8,10 @@ mask, generator) -> {param name: scores}` or `channel_scores(model, channel_grou
 
 A strategy that learns its scores from data rather than reading them off the trained weights
 (edge_popup) sets `learns_scores = True` and has `search(inputs, mask, drop, generator) -> mask`:
-`inputs` is the `SearchInputs` the prune step gathers, `drop` how many of each layer's kept weights
-go (lottery.pruning.rates.drop_counts), and the returned mask keeps exactly the others.
+`inputs` is the lottery.pruning.driver.SearchInputs the prune step gathers, `drop` how many of each
+layer's kept weights go (lottery.pruning.rates.drop_counts), and the returned mask keeps exactly the
+others.
 """
-
-from dataclasses import dataclass
 
 import torch
 
@@ -29,18 +27,6 @@ class Strategy:
     granularities = ()  # what it prunes: 'weight' and/or 'channel'
     scopes = ("layerwise", "global")  # the rankings its scores allow
     learns_scores = False  # True: it searches a mask (`search`) instead of scoring trained weights
-
-
-@dataclass(frozen=True)
-class SearchInputs:
-    """What a strategy that learns its scores reads: the weights the round will start from (which
-    the search freezes), the data splits, the lineage's params, and the search's in-round saves
-    (lottery.resume; None: none)."""
-
-    weights: object
-    splits: object
-    hp: object
-    saves: object = None
 
 
 def mean_channel_scores(model, channel_groups, layer_types, score, strategy):

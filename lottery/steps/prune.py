@@ -3,7 +3,7 @@
 import contextlib
 
 from lottery import checkpoints, early_bird, factorize, masks, paths, records, resume, tracking
-from lottery.pruning import driver, rates, strategy
+from lottery.pruning import driver, rates
 from lottery.io import read_json, write_json
 from lottery.steps.common import pruned_from, splits
 
@@ -62,7 +62,7 @@ def _factorized(hp, round_):
 def _search_inputs(hp, saves):
     """A supermask search's inputs: the rewind point it searches on, the data, and where it saves."""
     weights, _ = checkpoints.load_model(paths.rewind_point())
-    return strategy.SearchInputs(weights=weights, splits=splits(hp), hp=hp, saves=saves)
+    return driver.SearchInputs(weights=weights, splits=splits(hp), hp=hp, saves=saves)
 
 
 def _check_early_bird_mask(model, mask):
