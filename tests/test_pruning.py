@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lottery import masks, models
-from lottery.pruning import driver, rates
+from lottery.pruning import driver, rates, strategies, strategy
 from tests.conftest import default_params, with_overrides
 from lottery import hparams
 
@@ -139,3 +139,13 @@ def test_same_seed_same_init_other_seed_other_init():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(KeyError, match="model.name = 'vgg99': unknown"):
         models.build("vgg99", (1, 28, 28), 10, seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(strategies.REGISTRY))
+def test_every_registered_strategy_states_its_rules_and_scores_what_it_names(name):
+    found = strategies.REGISTRY[name]
+    assert issubclass(found, strategy.Strategy)
+    assert found.granularities and set(found.granularities) <= {"weight", "channel"}
+    assert found.scopes and set(found.scopes) <= {"layerwise", "global"}
+    needed = ["search"] if found.learns_scores else [f"{granularity}_scores" for granularity in found.granularities]
+    assert all(callable(getattr(found, method, None)) for method in needed)

@@ -58,8 +58,9 @@ def _prune_channels(prune_hp, strategy, model, mask, generator, rounds):
     keep = channels.kept(channel_groups, mask)
     scores = strategy.channel_scores(model, channel_groups, generator)
     group_rates = {group.name: prune_hp.rate for group in channel_groups}
+    # Layerwise needs no floors: a rate that would cross prune.min_channels is refused up front
+    # (rates.check_channel_budget). A global ranking keeps each layer's floor out of its reach.
     if prune_hp.scope == "global":
-        # A layerwise rate that would cross prune.min_channels is refused up front (check_channel_budget).
         floors = rates.channel_floors(prune_hp, {group.name: group.size for group in channel_groups})
         scores = selection.protect_strongest(scores, keep, floors)
     return channels.expand(model, channel_groups, _select(prune_hp, scores, keep, group_rates, rounds))
