@@ -62,7 +62,8 @@ from arms import (
 from structured_fmnist import ROOT, copy_dense_run, enter_workspace, interleaved_latency, parse_seeded_args
 
 from lottery import channels, checkpoints, compression, data, factorize, hparams, identity, masks, models  # noqa: E402
-from lottery import paths, pipeline, pruning, records, report, tracking, validation  # noqa: E402
+from lottery import paths, pipeline, records, report, tracking, validation  # noqa: E402
+from lottery.pruning import driver  # noqa: E402
 from lottery.io import read_json, write_json, write_text  # noqa: E402
 
 RATIOS = (0.10, 0.05, 0.02)
@@ -275,7 +276,7 @@ def slimming_rate(hp, trained, target):
     `target` weights."""
 
     def stored(rate):
-        mask = pruning.prune(dataclasses.replace(hp.prune, rate=rate), trained, masks.ones(trained), seed=hp.seed + 1)
+        mask = driver.prune(dataclasses.replace(hp.prune, rate=rate), trained, masks.ones(trained), seed=hp.seed + 1)
         return factorize.stored_weights(channels.compact(trained, mask), {})
 
     low, high = 0.0, 0.999

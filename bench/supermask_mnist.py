@@ -38,7 +38,8 @@ import yaml
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from lottery import data, devices, masks, models, pruning, report, training, validation, weight_agnostic  # noqa: E402
+from lottery import data, devices, masks, models, report, training, validation, weight_agnostic  # noqa: E402
+from lottery.pruning import driver  # noqa: E402
 from lottery.io import write_json, write_text  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
@@ -93,12 +94,12 @@ def imp_and_random(args, seed, splits):
     trained, mask = copy.deepcopy(theta0), masks.ones(theta0)
     training.train(trained, mask, splits, hp.train, seed)
     for density, rate in zip(args.densities, rates_between(args.densities)):
-        mask = pruning.prune(uniform(hp.prune, rate), trained, mask, seed=seed)
+        mask = driver.prune(uniform(hp.prune, rate), trained, mask, seed=seed)
         trained = copy.deepcopy(theta0)
         masks.apply(trained, mask)
         accuracy = trained_accuracy(trained, mask, splits, hp)
         found[f"imp@{density}"] = {"accuracy": accuracy, **wa(theta0, mask, splits.test, hp)}
-        random_mask = pruning.prune(uniform(params(args, seed, **{"prune.strategy": "random"}).prune, 1 - density),
+        random_mask = driver.prune(uniform(params(args, seed, **{"prune.strategy": "random"}).prune, 1 - density),
                                     theta0, masks.ones(theta0), seed=seed)
         found[f"random@{density}"] = {"accuracy": masked_accuracy(theta0, random_mask, splits.test),
                                       **wa(theta0, random_mask, splits.test, hp)}
@@ -116,8 +117,8 @@ def supermasks(args, seed, splits, width):
                                    "train.batch_size": args.batch_size})
         for density in args.densities:
             started = time.perf_counter()
-            mask = pruning.prune(uniform(hp.prune, 1 - density), theta0, masks.ones(theta0), seed=seed,
-                                 search_inputs=pruning.SearchInputs(theta0, splits, hp))
+            mask = driver.prune(uniform(hp.prune, 1 - density), theta0, masks.ones(theta0), seed=seed,
+                                 search_inputs=driver.SearchInputs(theta0, splits, hp))
             seconds = time.perf_counter() - started
             found[f"{kind}-w{width:g}@{density}"] = {
                 "accuracy": masked_accuracy(theta0, mask, splits.test),

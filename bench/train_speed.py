@@ -11,7 +11,7 @@ and step, with no evaluation, run twice: with `fused=True`, the Adam kernel the 
 
 Two cases:
   dense   round 0: mask `lottery.masks.ones`;
-  masked  the mask after `--prune-rounds` rounds of `lottery.pruning.prune` with params'
+  masked  the mask after `--prune-rounds` rounds of `lottery.pruning.driver.prune` with params'
           prune section (~17% of the weights left after 8 rounds at rate 0.2), weights zeroed
           by `lottery.masks.apply`; the hand loop multiplies each gradient by the mask before
           the optimizer step.
@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Benchmark this checkout's package, whichever checkout the editable install points at.
 sys.path.insert(0, str(ROOT))
 
-from lottery import data, masks, models, paths, pruning, training, validation  # noqa: E402
+from lottery import data, masks, models, paths, training, validation  # noqa: E402
+from lottery.pruning import driver  # noqa: E402
 from lottery.io import write_json  # noqa: E402
 
 TARGET = 0.95  # the dense case's ratio_same_kernel
@@ -116,7 +117,7 @@ def pruned(hp, rounds):
     model = build(hp)
     mask = masks.ones(model)
     for round_ in range(1, rounds + 1):
-        mask = pruning.prune(hp.prune, model, mask, seed=hp.seed + round_)
+        mask = driver.prune(hp.prune, model, mask, seed=hp.seed + round_)
     masks.apply(model, mask)
     return model.state_dict(), mask
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lottery import channels, masks, pruning
+from lottery import channels, masks
 from lottery.errors import ParamsError
+from lottery.pruning import driver
 from lottery.io import atomic_path
 
 
@@ -26,7 +27,7 @@ def channel_vector(model, mask):
 
 def draw(model, prune_hp, seed):
     """The channel keep-vector that pruning the dense network now would keep (prune@1's mask)."""
-    return channel_vector(model, pruning.prune(prune_hp, model, masks.ones(model), seed=seed))
+    return channel_vector(model, driver.prune(prune_hp, model, masks.ones(model), seed=seed))
 
 
 def digest(vector):

@@ -19,7 +19,8 @@ record (lottery.checkpoints). Its prunable weights are the factors, so a round's
 import torch
 from torch import nn
 
-from lottery import masks, pruning
+from lottery import masks
+from lottery.pruning import driver, strategies
 from lottery.errors import ParamsError
 from lottery.models.base import draw_layer
 
@@ -348,7 +349,7 @@ def to_mask(model, mask, spectral, generator, init):
 
 def check_params(hp, model):
     """A factorized round stores as many weights as the round's weight-pruned ticket would keep
-    (pruning.kept_weights); what only applies to masks is refused rather than ignored."""
+    (lottery.pruning.driver.kept_weights); what only applies to masks is refused rather than ignored."""
     if not hp.factorize.enabled:
         return
     needs = {
@@ -359,7 +360,7 @@ def check_params(hp, model):
     for key, (value, wanted, reason) in needs.items():
         if value != wanted:
             raise ParamsError(f"{key} = {value!r}: factorize.enabled trains factorized layers and {reason}; use {wanted!r}")
-    if pruning.learns_scores(hp.prune.strategy):
+    if strategies.REGISTRY[hp.prune.strategy].learns_scores:
         raise ParamsError(f"prune.strategy = {hp.prune.strategy!r}: searches a mask; factorize.enabled trains factorized layers")
     if hp.rewind.target == "finetune" and not hp.factorize.spectral_init:
         raise ParamsError(
@@ -368,7 +369,7 @@ def check_params(hp, model):
         )
     if hp.rewind.target == "scratch" and hp.rewind.scratch_budget == "flops":
         raise ParamsError("rewind.scratch_budget = 'flops': Scratch-B stretches a mask's budget; use 'same' with factorize.enabled")
-    target = pruning.kept_weights(hp.prune, model, hp.rounds, seed=0)
+    target = driver.kept_weights(hp.prune, model, hp.rounds, seed=0)
     try:
         matched_ranks(model, target)
     except ValueError as err:

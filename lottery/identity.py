@@ -25,7 +25,8 @@ import dataclasses
 import hashlib
 import json
 
-from lottery import data, models, pruning
+from lottery import data, models
+from lottery.pruning import strategies
 
 SCHEMA_VERSION = 1
 
@@ -63,7 +64,7 @@ def of(hp):
     if hp.factorize.enabled:
         # Without weight decay, Frobenius decay has no decay to replace: the same lineage either way.
         tree["factorize"] = _fields(hp.factorize) if hp.train.weight_decay else {"spectral_init": hp.factorize.spectral_init}
-    if pruning.learns_scores(hp.prune.strategy):
+    if strategies.REGISTRY[hp.prune.strategy].learns_scores:
         tree["supermask"] = _fields(hp.supermask)
         if hp.supermask.weight_agnostic:
             tree["supermask"]["shared_weights"] = _fields(hp.weight_agnostic)

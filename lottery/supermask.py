@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from lottery import data, pruning
+from lottery import data
+from lottery.pruning import selection
 
 
 def initial_scores(weight, generator):
@@ -83,7 +84,7 @@ def _resume(saves, device, scores, optimizer, generator):
 
 
 def _kept(magnitude, candidates, drop):
-    return pruning.keep_top(magnitude.detach(), candidates, drop)
+    return selection.keep_top(magnitude.detach(), candidates, drop)
 
 
 def effective_weights(base, scores, candidates, drop, value):

@@ -8,15 +8,15 @@ params that passed here, and their code stamps hold none of the registries this 
 """
 
 from lottery import controls, data, distributed, early_bird, factorize, hparams, models
-from lottery.pruning import rules as pruning_rules
 from lottery.errors import ParamsError
+from lottery.pruning import strategies
 
 # A method's rules, each `check_params(hp, model)` beside the method it guards: it raises a
 # ParamsError naming the key, and does nothing when its method is switched off. `model` is the
 # lineage's model (seed 0), built once for the rules that depend on its layers.
 RULES = (
     controls.check_params,
-    pruning_rules.check_params,
+    strategies.check_params,
     distributed.check_params,
     early_bird.check_params,
     factorize.check_params,

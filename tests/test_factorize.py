@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import checkpoints, factorize, hparams, identity, masks, models, paths, pipeline, pruning, training, validation
+from lottery import checkpoints, factorize, hparams, identity, masks, models, paths, pipeline, training, validation
+from lottery.pruning import driver
 from lottery.io import read_json
 from lottery.errors import ParamsError
 from tests.conftest import tiny_params
@@ -207,7 +208,7 @@ def test_a_factorized_lineage_matches_each_rounds_ticket_and_lowers_its_ranks(wo
     previous = None
     for round_ in (1, 2):
         # The round's ticket (prune.* as written) would keep this many weights; the factors store at most that.
-        ticket = pruning.prune(hp.prune, theta0, masks.ones(theta0), seed=0, rounds=round_)
+        ticket = driver.prune(hp.prune, theta0, masks.ones(theta0), seed=0, rounds=round_)
         ticket_weights = sum(int(keep.sum()) for keep in ticket.values())
         sparsity = read_json(paths.sparsity_report(round_))
         metrics = read_json(paths.round_metrics(round_))

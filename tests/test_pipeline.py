@@ -9,7 +9,8 @@ import mlflow.pytorch
 import pytest
 import torch
 
-from lottery import checkpoints, hparams, identity, masks, paths, pipeline, provenance, pruning, report, tracking
+from lottery import checkpoints, hparams, identity, masks, paths, pipeline, provenance, report, tracking
+from lottery.pruning import driver
 
 
 def fingerprint():
@@ -206,7 +207,7 @@ def test_oneshot_prunes_the_dense_network_to_each_rounds_sparsity(workdir, make_
     hp = make_hp(**{"prune.schedule": "oneshot"})
     pipeline.run_lineage(hp)
     dense, _ = checkpoints.load_model(paths.trained_weights(0))
-    expected = pruning.prune(hp.prune, dense, masks.ones(dense), seed=0, rounds=2)
+    expected = driver.prune(hp.prune, dense, masks.ones(dense), seed=0, rounds=2)
     mask = torch.load(paths.mask(2), weights_only=True)
     assert all(torch.equal(mask[k], expected[k]) for k in mask)
     assert mask["layers.1.weight"].float().mean().item() == pytest.approx(0.64, abs=1e-4)

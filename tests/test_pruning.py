@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from lottery import masks, models, pruning, validation
+from lottery import masks, models, validation
+from lottery.pruning import driver, rates, strategies, strategy
 from tests.conftest import default_params, with_overrides
 from lottery.errors import ParamsError
 
@@ -25,7 +26,7 @@ def imp(model_name, rounds, hp, input_shape=(1, 28, 28)):
     for round_ in range(1, rounds + 1):
         train_like(model, seed=round_)
         masks.apply(model, mask)
-        mask = pruning.prune(hp, model, mask, seed=round_)
+        mask = driver.prune(hp, model, mask, seed=round_)
         history.append(mask)
     return model, history
 
@@ -34,22 +35,22 @@ def imp(model_name, rounds, hp, input_shape=(1, 28, 28)):
 def test_layerwise_density_is_one_minus_rate_to_the_rounds(rounds):
     hp = prune_hp(rate=0.2)
     model, history = imp("lenet_300_100", rounds, hp)
-    rates = pruning.layer_rates(model, hp)
-    assert rates == {"layers.1.weight": 0.2, "layers.3.weight": 0.2, "layers.5.weight": 0.1}
+    by_layer = rates.layer_rates(model, hp)
+    assert by_layer == {"layers.1.weight": 0.2, "layers.3.weight": 0.2, "layers.5.weight": 0.1}
     for name, keep in history[-1].items():
-        expected = (1 - rates[name]) ** rounds
+        expected = (1 - by_layer[name]) ** rounds
         assert keep.float().mean().item() == pytest.approx(expected, abs=rounds / keep.numel() + 1e-9)
 
 
 def test_conv_layers_use_the_models_paper_rate_unless_set():
     model = models.build("conv6", (3, 32, 32), 10, seed=0)
     kinds = model.prunable_kinds()
-    rates = pruning.layer_rates(model, prune_hp(rate=0.2))
-    assert {rates[n] for n, k in kinds.items() if k == "conv"} == {0.15}
+    by_layer = rates.layer_rates(model, prune_hp(rate=0.2))
+    assert {by_layer[n] for n, k in kinds.items() if k == "conv"} == {0.15}
     assert [k for k in kinds.values()].count("output") == 1
-    rates = pruning.layer_rates(model, prune_hp(rate=0.2, conv_rate=0.05, output_rate=0.3))
-    assert {rates[n] for n, k in kinds.items() if k == "conv"} == {0.05}
-    assert rates["classifier.5.weight"] == 0.3
+    by_layer = rates.layer_rates(model, prune_hp(rate=0.2, conv_rate=0.05, output_rate=0.3))
+    assert {by_layer[n] for n, k in kinds.items() if k == "conv"} == {0.05}
+    assert by_layer["classifier.5.weight"] == 0.3
 
 
 def test_pruned_weights_are_never_revived():
@@ -62,7 +63,7 @@ def test_pruned_weights_are_never_revived():
 def test_magnitude_removes_the_smallest_remaining_weights():
     model = models.build("lenet_300_100", (1, 28, 28), 10, seed=0)
     train_like(model, seed=1)
-    mask = pruning.prune(prune_hp(rate=0.2), model, masks.ones(model), seed=1)
+    mask = driver.prune(prune_hp(rate=0.2), model, masks.ones(model), seed=1)
     weight = dict(model.named_parameters())["layers.1.weight"].detach().abs()
     keep = mask["layers.1.weight"]
     assert weight[~keep].max() <= weight[keep].min()
@@ -74,7 +75,7 @@ def test_global_scope_pools_the_hidden_layers_and_prunes_the_output_layer_on_its
     with torch.no_grad():
         dict(model.named_parameters())["layers.5.weight"].abs_().add_(10)  # the output layer is large
         dict(model.named_parameters())["layers.3.weight"].abs_().add_(10)  # and so is the second layer
-    mask = pruning.prune(prune_hp(rate=0.2, scope="global"), model, masks.ones(model), seed=1)
+    mask = driver.prune(prune_hp(rate=0.2, scope="global"), model, masks.ones(model), seed=1)
     pooled = ("layers.1.weight", "layers.3.weight")
     removed = sum(int((~mask[name]).sum()) for name in pooled)
     assert removed == round(0.2 * sum(mask[name].numel() for name in pooled))
@@ -88,11 +89,11 @@ def test_global_scope_leaves_the_output_layer_of_vgg_and_resnet_alone_unless_tol
     model = models.build(model_name, (1, 28, 28), 10, seed=0, width=0.25)
     train_like(model, seed=2)
     output = next(name for name, kind in model.prunable_kinds().items() if kind == "output")
-    mask = pruning.prune(prune_hp(rate=0.2, scope="global"), model, masks.ones(model), seed=1)
+    mask = driver.prune(prune_hp(rate=0.2, scope="global"), model, masks.ones(model), seed=1)
     assert bool(mask[output].all())  # LTH's VGG-19 and ResNet runs: conv 20% per round, FC 0%
     convs = [name for name, kind in model.prunable_kinds().items() if kind == "conv"]
     assert sum(int((~mask[n]).sum()) for n in convs) == round(0.2 * sum(mask[n].numel() for n in convs))
-    told = pruning.prune(prune_hp(rate=0.2, scope="global", output_rate=0.1), model, masks.ones(model), seed=1)
+    told = driver.prune(prune_hp(rate=0.2, scope="global", output_rate=0.1), model, masks.ones(model), seed=1)
     assert int((~told[output]).sum()) == round(0.1 * told[output].numel())
 
 
@@ -138,3 +139,13 @@ def test_same_seed_same_init_other_seed_other_init():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(KeyError, match="model.name = 'vgg99': unknown"):
         models.build("vgg99", (1, 28, 28), 10, seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(strategies.REGISTRY))
+def test_every_registered_strategy_states_its_rules_and_scores_what_it_names(name):
+    found = strategies.REGISTRY[name]
+    assert issubclass(found, strategy.Strategy)
+    assert found.granularities and set(found.granularities) <= {"weight", "channel"}
+    assert found.scopes and set(found.scopes) <= {"layerwise", "global"}
+    needed = ["search"] if found.learns_scores else [f"{granularity}_scores" for granularity in found.granularities]
+    assert all(callable(getattr(found, method, None)) for method in needed)

@@ -6,14 +6,15 @@ import sys
 import pytest
 import yaml
 
-from lottery import channels, data, lineage, masks, pruning, replicates, stage
+from lottery import channels, data, lineage, masks, replicates, stage
+from lottery.pruning import rates
 from lottery.errors import MissingInput
 from lottery.errors import ParamsError
 from tests.conftest import PROJECT
 
 USER_ERRORS = [
     ParamsError("train.lr = -1.0: must be > 0"),
-    pruning.PruningError("prune.rate = 0.9: round 2 would leave features.0.weight 1 of 8 channels"),
+    rates.PruningError("prune.rate = 0.9: round 2 would leave features.0.weight 1 of 8 channels"),
     channels.ChannelError("conv1.weight: no channels to prune"),
     masks.MaskError("mask['w'] has shape (2,), the weight (3,)"),
     data.DataError("data/mnist/MNIST/raw/t10k-images-idx3-ubyte: missing dataset file"),

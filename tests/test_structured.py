@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import channels, checkpoints, compression, controls, hparams, masks, models, pipeline, pruning, training, validation
+from lottery import channels, checkpoints, compression, controls, hparams, masks, models, pipeline, training, validation
+from lottery.pruning import driver
 from lottery.models import base
 from lottery.errors import ParamsError
 from tests.conftest import default_params, with_overrides
@@ -75,7 +76,7 @@ def test_each_channel_strategy_removes_the_ratio_asked(strategy, scope):
     sizes = {group.name: group.size for group in channels.groups(model)}
     mask = masks.ones(model)
     for round_ in (1, 2):
-        mask = pruning.prune(channel_prune_hp(strategy, scope, rate=0.3), model, mask, seed=round_)
+        mask = driver.prune(channel_prune_hp(strategy, scope, rate=0.3), model, mask, seed=round_)
         masks.apply(model, mask)
         counts = channel_counts(model, mask)
         if scope == "layerwise":
@@ -93,8 +94,8 @@ def test_each_channel_strategy_removes_the_ratio_asked(strategy, scope):
 def test_random_weight_pruning_matches_magnitudes_ratios():
     model = trained_like(VGG)
     hp = hp_with(**{"model.name": "vgg11", "model.width": 0.25, "prune.strategy": "random"}).prune
-    by_random = pruning.prune(hp, model, masks.ones(model), seed=0)
-    by_magnitude = pruning.prune(dataclasses.replace(hp, strategy="magnitude"), model, masks.ones(model), seed=0)
+    by_random = driver.prune(hp, model, masks.ones(model), seed=0)
+    by_magnitude = driver.prune(dataclasses.replace(hp, strategy="magnitude"), model, masks.ones(model), seed=0)
     assert {n: int(k.sum()) for n, k in by_random.items()} == {n: int(k.sum()) for n, k in by_magnitude.items()}
     assert any(not torch.equal(by_random[n], by_magnitude[n]) for n in by_random)
 
@@ -103,7 +104,7 @@ def test_l1_filter_removes_the_filters_with_the_smallest_l1_norm():
     model = trained_like(VGG)
     conv = model.features[4]  # features.4: the second conv layer
     norms = conv.weight.detach().abs().flatten(1).sum(1)
-    mask = pruning.prune(channel_prune_hp("l1_filter", "layerwise"), model, masks.ones(model), seed=0)
+    mask = driver.prune(channel_prune_hp("l1_filter", "layerwise"), model, masks.ones(model), seed=0)
     kept = channels.kept(channels.groups(model), mask)["features.4.weight"]
     assert kept.sum() == conv.out_channels // 2
     assert norms[kept].min() >= norms[~kept].max()
@@ -113,7 +114,7 @@ def test_bn_slimming_uses_one_global_threshold_on_gamma():
     model = trained_like(VGG)
     with torch.no_grad():
         model.features[1].weight.mul_(100)  # the first layer's γ are all large: none of it goes
-    mask = pruning.prune(channel_prune_hp("bn_slimming", "global"), model, masks.ones(model), seed=0)
+    mask = driver.prune(channel_prune_hp("bn_slimming", "global"), model, masks.ones(model), seed=0)
     params = dict(model.named_parameters())
     gammas = {
         group.name: params[group.output_weights(nn.BatchNorm2d)[0]].detach().abs() for group in channels.groups(model)
@@ -127,7 +128,7 @@ def test_bn_slimming_uses_one_global_threshold_on_gamma():
 
 def test_a_pruned_channel_is_zero_in_its_conv_batchnorm_and_the_next_layer():
     model = trained_like(VGG)
-    mask = pruning.prune(channel_prune_hp("l1_filter", "layerwise"), model, masks.ones(model), seed=0)
+    mask = driver.prune(channel_prune_hp("l1_filter", "layerwise"), model, masks.ones(model), seed=0)
     kept = channels.kept(channels.groups(model), mask)["features.4.weight"]
     pruned = (~kept).nonzero().flatten()
     assert not mask["features.4.weight"][pruned].any()
@@ -182,7 +183,7 @@ def test_compact_checkpoint_loads_on_its_own(tmp_path):
 
 def test_sparse_checkpoint_loads_back_to_identical_weights(tmp_path):
     model = trained_like(VGG)
-    mask = pruning.prune(hp_with().prune, model, masks.ones(model), seed=0, rounds=5)
+    mask = driver.prune(hp_with().prune, model, masks.ones(model), seed=0, rounds=5)
     masks.apply(model, mask)
     spec = checkpoints.model_spec("vgg11", VGG["input_shape"], 10, 0.25)
     save = dict(spec=spec, round_=5, iteration=0, parents=[])
@@ -214,7 +215,7 @@ def test_a_global_threshold_keeps_the_minimum_in_every_layer():
     with torch.no_grad():
         model.features[5].weight.mul_(1e-6)  # every γ of one layer below every other layer's
     hp = channel_prune_hp("bn_slimming", "global", rate=0.5, min_channels=3)
-    mask = pruning.prune(hp, model, masks.ones(model), seed=0)
+    mask = driver.prune(hp, model, masks.ones(model), seed=0)
     assert channel_counts(model, mask)["features.4.weight"] == 3
 
 
@@ -226,10 +227,10 @@ def test_a_global_threshold_takes_at_most_max_layer_fraction_of_any_layer(rounds
     with torch.no_grad():
         model.features[5].weight.mul_(1e-6)  # features.4: 32 channels, every γ below every other layer's
     uncapped = channel_prune_hp("bn_slimming", "global", rate=0.3)
-    uncapped = pruning.prune(uncapped, model, masks.ones(model), seed=0, rounds=rounds)
+    uncapped = driver.prune(uncapped, model, masks.ones(model), seed=0, rounds=rounds)
     assert channel_counts(model, uncapped)["features.4.weight"] == 1
     hp = channel_prune_hp("bn_slimming", "global", rate=0.3, max_layer_fraction=0.7)
-    capped = pruning.prune(hp, model, masks.ones(model), seed=0, rounds=rounds)
+    capped = driver.prune(hp, model, masks.ones(model), seed=0, rounds=rounds)
     counts = channel_counts(model, capped)
     assert counts["features.4.weight"] == 10  # ceil(0.3 × 32): at most 70% of it is pruned
     kept, total = sum(counts.values()), sum(g.size for g in channels.groups(model))
@@ -299,7 +300,7 @@ def test_retraining_budgets_follow_the_rewind_target():
             "prune.rate": 0.5, "train.iterations": 1000, "train.milestones": [500, 750], "train.bn_l1": 1e-4,
             "rounds": hparams.rounds_section(1)}
     model = trained_like(VGG)
-    mask = pruning.prune(hp_with(**base).prune, model, masks.ones(model), seed=0)
+    mask = driver.prune(hp_with(**base).prune, model, masks.ones(model), seed=0)
     ratio = pipeline.flops_ratio(model, mask)
     assert 2.5 < ratio < 4.5  # half the channels: about a quarter of the conv FLOPs
 

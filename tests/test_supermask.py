@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import checkpoints, data, identity, lineage, masks, models, paths, pipeline, pruning, supermask, validation, weight_agnostic
+from lottery import checkpoints, data, identity, lineage, masks, models, paths, pipeline, supermask, validation, weight_agnostic
 from lottery.errors import ParamsError
+from lottery.pruning import driver, rates, selection
 from tests.conftest import default_params, with_overrides
 
 SUPERMASK = {
@@ -60,12 +61,12 @@ def test_keep_top_keeps_exactly_the_layerwise_count_of_the_highest_scores(ties):
         score = (score * 4).floor()  # four values only: the threshold falls inside a tie
     keep = torch.rand(50, 40, generator=generator) > 0.3
     drop = round(0.2 * int(keep.sum()))
-    kept = pruning.keep_top(score, keep, drop)
+    kept = selection.keep_top(score, keep, drop)
     assert int(kept.sum()) == int(keep.sum()) - drop
     assert not bool((kept & ~keep).any())  # pruned weights stay pruned
     assert float(score[kept].min()) >= float(score[keep & ~kept].max())
     # The same mask as the layerwise pruning of these scores.
-    assert torch.equal(kept, pruning._prune_lowest(score, keep, 0.2))
+    assert torch.equal(kept, selection.prune_lowest(score, keep, 0.2))
 
 
 @pytest.mark.parametrize("order", ["random", "ties", "ascending", "descending"])
@@ -79,15 +80,15 @@ def test_kth_smallest_is_torch_kthvalue(order):
         "descending": values.sort(descending=True).values,
     }[order]
     for k in (1, 777, 33_333, 50_000, 99_999, 100_000):
-        assert pruning.kth_smallest(values, k) == torch.kthvalue(values, k).values, k
+        assert selection.kth_smallest(values, k) == torch.kthvalue(values, k).values, k
 
 
 def test_drop_counts_follow_the_layer_rates_compounded_over_rounds(make_hp):
     hp = make_hp(**{"prune.strategy": "edge_popup"})
     model = lenet()
     mask = masks.ones(model)
-    rates = pruning.layer_rates(model, hp.prune)
-    drop = pruning.drop_counts(mask, rates, rounds=3)
+    by_layer = rates.layer_rates(model, hp.prune)
+    drop = rates.drop_counts(mask, by_layer, rounds=3)
     assert drop["layers.1.weight"] == round((1 - 0.8**3) * 784 * 300)
     assert drop["layers.5.weight"] == round((1 - 0.9**3) * 100 * 10)
 
@@ -99,7 +100,7 @@ def test_the_straight_through_gradient_reaches_each_score_through_its_magnitude(
     candidates = torch.ones(4, 6, dtype=torch.bool)
     x = torch.randn(3, 6, generator=generator)
     effective = supermask.effective_weights({"w": weight}, {"w": score}, {"w": candidates}, {"w": 12}, 1.0)["w"]
-    keep = pruning.keep_top(score.detach().abs(), candidates, 12)
+    keep = selection.keep_top(score.detach().abs(), candidates, 12)
     assert torch.equal(effective.detach(), weight * keep)  # the forward pass uses exactly the kept weights
     (x @ effective.T).square().sum().backward()
     upstream = 2 * (x @ (weight * keep).T).T @ x  # d loss / d effective weight
@@ -122,13 +123,13 @@ def test_score_training_leaves_every_weight_bit_identical_and_beats_its_starting
     model = lenet(init="signed_kaiming_constant")
     before = copy.deepcopy(model.state_dict())
     dense = masks.ones(model)
-    inputs = pruning.SearchInputs(weights=model, splits=mnist_splits, hp=hp)
-    mask = pruning.prune(hp.prune, model, dense, seed=1, rounds=2, search_inputs=inputs)
+    inputs = driver.SearchInputs(weights=model, splits=mnist_splits, hp=hp)
+    mask = driver.prune(hp.prune, model, dense, seed=1, rounds=2, search_inputs=inputs)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
-    drop = pruning.drop_counts(dense, pruning.layer_rates(model, hp.prune), rounds=2)
+    drop = rates.drop_counts(dense, rates.layer_rates(model, hp.prune), rounds=2)
     assert {name: int(keep.sum()) for name, keep in mask.items()} == {n: k.numel() - drop[n] for n, k in dense.items()}
     # The search's first selection, from the untrained scores, is a random mask of the same sizes.
-    start = {n: pruning.keep_top(supermask.initial_scores(model.get_parameter(n), torch.Generator().manual_seed(1)).abs(), k, drop[n]) for n, k in dense.items()}
+    start = {n: selection.keep_top(supermask.initial_scores(model.get_parameter(n), torch.Generator().manual_seed(1)).abs(), k, drop[n]) for n, k in dense.items()}
     values = hp.weight_agnostic.values
     searched = weight_agnostic.evaluate(model, mask, mnist_splits.test, values, "init")["weight_agnostic_mean_accuracy"]
     random_start = weight_agnostic.evaluate(model, start, mnist_splits.test, values, "init")["weight_agnostic_mean_accuracy"]
@@ -168,7 +169,7 @@ def test_weight_agnostic_evaluation_computes_the_hand_computed_network():
 
 def test_every_positive_shared_weight_predicts_alike_and_so_does_every_negative_one(mnist_splits):
     model = lenet(seed=5)
-    mask = pruning.prune(validation.from_dict(default_params()).prune, model, masks.ones(model), seed=0, rounds=4)
+    mask = driver.prune(validation.from_dict(default_params()).prune, model, masks.ones(model), seed=0, rounds=4)
     found = weight_agnostic.evaluate(model, mask, mnist_splits.test, [-2.0, -1.0, -0.5, 0.5, 1.0, 2.0], "init")
     accuracy = found["weight_agnostic_accuracy"]
     assert accuracy["w0.5"] == accuracy["w1"] == accuracy["w2"]

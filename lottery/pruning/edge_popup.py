@@ -1,20 +1,21 @@
 from lottery import devices, supermask
 from lottery.errors import ParamsError
 from lottery.models.base import batchnorm_scales
-from lottery.pruning import register
+from lottery.pruning.strategy import Strategy, register
 
 
 @register("edge_popup")
-class EdgePopup:
+class EdgePopup(Strategy):
     """A supermask of the round's start weights (lottery.supermask): scores trained on the frozen
     rewind point, each layer keeping its top |scores| at the round's sparsity; no weight trains."""
 
     granularities = ("weight",)
     learns_scores = True
 
-    @staticmethod
-    def check_params(hp, model):
+    @classmethod
+    def check_params(cls, hp, model):
         """The search scores the weights the round will start from, and none of them trains."""
+        super().check_params(hp, model)
         if hp.rewind.target != "init":
             raise ParamsError(
                 f"rewind.target = {hp.rewind.target!r}: prune.strategy {hp.prune.strategy!r} searches a mask "

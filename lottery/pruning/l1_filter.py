@@ -1,10 +1,10 @@
 from torch import nn
 
-from lottery.pruning import mean_channel_scores, register
+from lottery.pruning.strategy import Strategy, mean_channel_scores, register
 
 
 @register("l1_filter")
-class L1Filter:
+class L1Filter(Strategy):
     """Li et al. 2017: the filters with the smallest L1 norm go, at a predefined ratio per layer.
     Where layers share channels (a residual stream), a channel scores the mean of its filters'
     norms over the group's conv and Linear layers."""

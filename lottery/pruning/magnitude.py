@@ -1,8 +1,8 @@
-from lottery.pruning import register
+from lottery.pruning.strategy import Strategy, register
 
 
 @register("magnitude")
-class Magnitude:
+class Magnitude(Strategy):
     """Unstructured magnitude pruning (IMP): the smallest |w| of the trained weights go first."""
 
     granularities = ("weight",)

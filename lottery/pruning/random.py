@@ -1,10 +1,10 @@
 import torch
 
-from lottery.pruning import register
+from lottery.pruning.strategy import Strategy, register
 
 
 @register("random")
-class Random:
+class Random(Strategy):
     """The baseline every criterion must beat: weights or channels chosen uniformly at random, at
     the same ratios, from the pruning step's own seed."""
 

@@ -2,7 +2,8 @@
 
 import contextlib
 
-from lottery import checkpoints, early_bird, factorize, identity, masks, paths, pruning, records, resume, tracking
+from lottery import checkpoints, early_bird, factorize, identity, masks, paths, records, resume, tracking
+from lottery.pruning import driver, rates, strategies
 from lottery.io import read_json, write_json
 from lottery.steps.common import pruned_from, splits
 
@@ -34,22 +35,22 @@ def _pruned(hp, round_):
     source = pruned_from(hp, round_)
     trained, _ = checkpoints.load_model(paths.trained_weights(source))
     previous = masks.load(paths.mask(source), trained)
-    searching = pruning.learns_scores(hp.prune.strategy)  # a supermask search trains, and so saves as it goes
+    searching = strategies.REGISTRY[hp.prune.strategy].learns_scores  # a supermask search trains, and so saves as it goes
     inputs = [paths.rewind_point(), paths.trained_weights(source), paths.mask(source)]
     with resume.kept_until_done(hp, f"prune@{round_}", inputs) if searching else contextlib.nullcontext() as saves:
         search_inputs = _search_inputs(hp, saves) if searching else None
-        mask = pruning.prune(hp.prune, trained, previous, seed=hp.seed + round_, rounds=round_ - source, search_inputs=search_inputs)
+        mask = driver.prune(hp.prune, trained, previous, seed=hp.seed + round_, rounds=round_ - source, search_inputs=search_inputs)
     if hp.early_bird.enabled and round_ == 1:  # a one-shot round r > 1 prunes round 0 further than the search did
         _check_early_bird_mask(trained, mask)
     sparsity = masks.sparsity_report(mask, trained.prunable_kinds())
-    sparsity["rates"] = pruning.layer_rates(trained, hp.prune)
+    sparsity["rates"] = rates.layer_rates(trained, hp.prune)
     return mask, sparsity
 
 
 def _factorized(hp, round_):
     # The ticket's count needs the dense architecture, which the rewind point always has.
     dense, _ = checkpoints.load_model(paths.rewind_point())
-    ticket_weights = pruning.kept_weights(hp.prune, dense, round_, seed=hp.seed + round_)
+    ticket_weights = driver.kept_weights(hp.prune, dense, round_, seed=hp.seed + round_)
     scale, ranks = factorize.matched_ranks(dense, ticket_weights)
     structure = factorize.restructure(dense, ranks)
     mask = masks.ones(structure)
@@ -61,7 +62,7 @@ def _factorized(hp, round_):
 def _search_inputs(hp, saves):
     """A supermask search's inputs: the rewind point it searches on, the data, and where it saves."""
     weights, _ = checkpoints.load_model(paths.rewind_point())
-    return pruning.SearchInputs(weights=weights, splits=splits(hp), hp=hp, saves=saves)
+    return driver.SearchInputs(weights=weights, splits=splits(hp), hp=hp, saves=saves)
 
 
 def _check_early_bird_mask(model, mask):

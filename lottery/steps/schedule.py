@@ -2,7 +2,8 @@
 
 import dataclasses
 
-from lottery import compression, pruning
+from lottery import compression
+from lottery.pruning import strategies
 
 
 def retrain_schedule(hp, model, mask):
@@ -17,7 +18,7 @@ def retrain_schedule(hp, model, mask):
     # round's mask is drawn from sparsity-trained weights too.
     repeats_sparsity = hp.train.bn_l1_rounds == "every"
     dense_schedule = hp.train if repeats_sparsity else dataclasses.replace(hp.train, bn_l1=0.0)
-    if pruning.learns_scores(hp.prune.strategy):
+    if strategies.REGISTRY[hp.prune.strategy].learns_scores:
         return dataclasses.replace(dense_schedule, iterations=hp.rewind.iteration, milestones=[]), hp.rewind.iteration
     if hp.rewind.target == "init":
         return dense_schedule, hp.rewind.iteration
