@@ -12,7 +12,7 @@ multiply the gradients, so pruned weights stay exactly zero under Adam.
 
 It imports the project (`lottery`) for two things only, so that the job is the pipeline's to the
 bit: the data tensors (`lottery.data.load`: the same normalisation and the same validation
-hold-out, the last 5,000 training images) and θ0 (`lottery.models.build` with `--seed`, which is
+hold-out, the last 5,000 training images) and θ0 (`lottery.catalog.build` with `--seed`, which is
 what the `init` stage draws). The batch order is the pipeline's too (a permutation of the training
 set per epoch, drawn from the seed and the epoch alone), written out here. It trains on CUDA when
 there is one, as the pipeline's `train.device: auto` does.
@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Use this checkout's package, whichever checkout the editable install points at.
 sys.path.insert(0, str(ROOT))
 
-from lottery import data, hparams, models  # noqa: E402
+from lottery import data, hparams  # noqa: E402
+from lottery.models import catalog  # noqa: E402
 
 LR = 0.0012
 BATCH = 60
@@ -80,7 +81,7 @@ def lenet():
 
 def initial_weights(seed):
     """θ0 as the pipeline's `init` stage draws it, keyed for `lenet()`."""
-    drawn = models.build("lenet_300_100", (1, 28, 28), 10, seed=seed)
+    drawn = catalog.build("lenet_300_100", (1, 28, 28), 10, seed=seed)
     return {name.removeprefix("layers."): value for name, value in drawn.state_dict().items()}
 
 

@@ -49,7 +49,8 @@ from arms import (
 )
 from structured_fmnist import bench_params, copy_dense_run, enter_workspace, parse_seeded_args
 
-from lottery import compression, data, identity, models, paths, pipeline, records, tracking  # noqa: E402
+from lottery import compression, data, identity, paths, pipeline, records, tracking  # noqa: E402
+from lottery.models import catalog  # noqa: E402
 from lottery.io import read_json, write_json, write_text  # noqa: E402
 
 BATCH = 128
@@ -112,7 +113,7 @@ def seed_arms(args, base, seed):
     seed_dir = args.workdir / f"seed_{seed}"
     dense_hp = params(args, base, seed, {})
     spec = data.DATASETS["fashion_mnist"]
-    shapes = models.build("vgg11", spec.input_shape, spec.num_classes, seed=seed, width=args.width)
+    shapes = catalog.build("vgg11", spec.input_shape, spec.num_classes, seed=seed, width=args.width)
     forward = compression.flops(shapes, shapes.input_shape)
     per_epoch = args.subset // BATCH
     retrain_epochs = args.epochs if args.retrain == "full" else args.finetune_epochs

@@ -61,7 +61,8 @@ from arms import (
 )
 from structured_fmnist import ROOT, copy_dense_run, enter_workspace, interleaved_latency, parse_seeded_args
 
-from lottery import channels, checkpoints, compression, data, factorize, hparams, identity, masks, models  # noqa: E402
+from lottery import channels, checkpoints, compression, data, factorize, hparams, identity, masks  # noqa: E402
+from lottery.models import catalog  # noqa: E402
 from lottery import paths, pipeline, records, report, tracking, validation  # noqa: E402
 from lottery.pruning import driver  # noqa: E402
 from lottery.io import read_json, write_json, write_text  # noqa: E402
@@ -165,7 +166,7 @@ def setup_arms(args, base, seed, name):
     top = args.workdir / f"seed_{seed}" / name
     spec = data.DATASETS[setup.dataset]
     # θ0's shapes: what the weight counts depend on.
-    shapes = models.build(setup.model, spec.input_shape, spec.num_classes, seed=seed, width=setup.width)
+    shapes = catalog.build(setup.model, spec.input_shape, spec.num_classes, seed=seed, width=setup.width)
 
     def hp(*overrides, rounds=1):
         return params(base, seed, setup, iterations, overrides, rounds)
@@ -341,7 +342,7 @@ def full_width_latency():
     """{model: {batch: median ms}} of an untrained full-width VGG-11 (the paper's size) on
     Fashion-MNIST's input: dense, and factorized at each ratio, interleaved. Latency depends on
     the shapes alone, so no training is needed to time the width the benchmark cannot train here."""
-    dense = models.build("vgg11", (1, 28, 28), 10, seed=0, width=1.0).eval()
+    dense = catalog.build("vgg11", (1, 28, 28), 10, seed=0, width=1.0).eval()
     total = factorize.stored_weights(dense, {})
     timed = {"dense": dense}
     for ratio in RATIOS:

@@ -56,7 +56,8 @@ from arms import (
 )
 from structured_fmnist import ROOT, copy_dense_run, enter_workspace, parse_seeded_args
 
-from lottery import compression, data, hparams, identity, models, paths, pipeline, records, report, tracking, validation  # noqa: E402
+from lottery import compression, data, hparams, identity, paths, pipeline, records, report, tracking, validation  # noqa: E402
+from lottery.models import catalog  # noqa: E402
 from lottery.io import read_json, write_json, write_text  # noqa: E402
 
 CONTROL = "reinit"
@@ -153,7 +154,7 @@ def seed_arms(args, base, seed):
     params (and, for a round, those of the dense run it prunes)."""
     seed_dir = args.workdir / f"seed_{seed}"
     spec = data.DATASETS["fashion_mnist"]
-    shapes = models.build("vgg11", spec.input_shape, spec.num_classes, seed=seed, width=args.width)
+    shapes = catalog.build("vgg11", spec.input_shape, spec.num_classes, seed=seed, width=args.width)
     forward = compression.flops(shapes, shapes.input_shape)
     found = []
     for name in args.variants:

@@ -38,7 +38,8 @@ import yaml
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from lottery import data, devices, masks, models, report, training, validation, weight_agnostic  # noqa: E402
+from lottery import data, devices, masks, report, training, validation, weight_agnostic  # noqa: E402
+from lottery.models import catalog  # noqa: E402
 from lottery.pruning import driver  # noqa: E402
 from lottery.io import write_json, write_text  # noqa: E402
 
@@ -88,7 +89,7 @@ def trained_accuracy(model, mask, splits, hp):
 def imp_and_random(args, seed, splits):
     """The dense net, its IMP tickets and random masks at each density (width 1, Glorot θ0)."""
     hp = params(args, seed)
-    theta0 = models.build("lenet_300_100", (1, 28, 28), 10, seed=seed)
+    theta0 = catalog.build("lenet_300_100", (1, 28, 28), 10, seed=seed)
     found = {"dense": {"accuracy": trained_accuracy(copy.deepcopy(theta0), masks.ones(theta0), splits, hp),
                        **wa(theta0, masks.ones(theta0), splits.test, hp)}}
     trained, mask = copy.deepcopy(theta0), masks.ones(theta0)
@@ -110,7 +111,7 @@ def imp_and_random(args, seed, splits):
 def supermasks(args, seed, splits, width):
     """Supermask and weight-agnostic supermask of a signed-constant LeNet at `width`, per density."""
     found = {}
-    theta0 = models.build("lenet_300_100", (1, 28, 28), 10, seed=seed, width=width, init="signed_kaiming_constant")
+    theta0 = catalog.build("lenet_300_100", (1, 28, 28), 10, seed=seed, width=width, init="signed_kaiming_constant")
     for kind, agnostic in (("supermask", False), ("agnostic", True)):
         hp = params(args, seed, **{"prune.strategy": "edge_popup", "model.init": "signed_kaiming_constant",
                                    "model.width": width, "supermask.weight_agnostic": agnostic,

@@ -1,6 +1,6 @@
 """Training throughput of `lottery.training.train` against a minimal hand-written PyTorch loop.
 
-Both loops train LeNet-300-100 from the same θ0 (`lottery.models.build` with params' seed) on
+Both loops train LeNet-300-100 from the same θ0 (`lottery.catalog.build` with params' seed) on
 the same preloaded MNIST tensors (`lottery.data.load`), on the CPU, with batch size and Adam
 learning rate from params.yaml. The project loop runs exactly as the `train` stage runs it,
 its evaluations included (validation every `train.eval_every` iterations, test as
@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Benchmark this checkout's package, whichever checkout the editable install points at.
 sys.path.insert(0, str(ROOT))
 
-from lottery import data, masks, models, paths, training, validation  # noqa: E402
+from lottery import data, masks, paths, training, validation  # noqa: E402
+from lottery.models import catalog  # noqa: E402
 from lottery.pruning import driver  # noqa: E402
 from lottery.io import write_json  # noqa: E402
 
@@ -87,7 +88,7 @@ def hand_loop(state, mask, train, train_hp, seed, iterations, fused=None):
 
 def build(hp):
     spec = data.DATASETS[hp.data.dataset]
-    return models.build(hp.model.name, spec.input_shape, spec.num_classes, seed=hp.seed)
+    return catalog.build(hp.model.name, spec.input_shape, spec.num_classes, seed=hp.seed)
 
 
 def project_loop(hp, state, mask, splits, iterations):

@@ -11,7 +11,8 @@ it came from), so its bytes are the same wherever and whenever the same weights 
 params that made it are in dvc.lock (per stage) and in the lineage's MLflow runs.
 """
 
-from lottery import channels, compression, factorize, models
+from lottery import channels, compression, factorize
+from lottery.models import catalog
 from lottery.io import load_torch, save_torch
 
 
@@ -57,7 +58,7 @@ def build(spec, seed=0, fans=None):
     # Checkpoints written before model.width existed describe width-1 models.
     width = spec.get("width", 1.0)
     init = spec.get("init", "glorot")
-    model = models.build(
+    model = catalog.build(
         spec["name"], spec["input_shape"], spec["num_classes"], seed=seed, width=width, init=init, fans=fans
     )
     if "channels" in spec:

@@ -25,7 +25,8 @@ import dataclasses
 import hashlib
 import json
 
-from lottery import data, models
+from lottery import data
+from lottery.models import catalog
 from lottery.pruning import strategies
 
 SCHEMA_VERSION = 1
@@ -84,7 +85,7 @@ def digest(tree):
 def _section(hp, name):
     values = _fields(getattr(hp, name))
     if name == "model":
-        values["init"] = models.weights_init(hp.model)
+        values["init"] = catalog.weights_init(hp.model)
     for key in NOT_COMPUTED.get(name, ()):
         del values[key]
     for key, earlier in ADDED.get(name, {}).items():

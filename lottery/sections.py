@@ -53,7 +53,7 @@ class DataHparams:
 
 @dataclass(frozen=True)
 class ModelHparams:
-    name: str  # registry name in lottery.models (its rules: lottery.models.check_params)
+    name: str  # registry name in lottery.models (its rules: lottery.models.catalog.check_params)
     width: float  # channel multiplier of the VGG and ResNet models, hidden units of LeNet (1.0 = the paper's)
     init: str  # how θ0 is drawn: paper (the model's own) | glorot | kaiming_normal | signed_kaiming_constant
 

@@ -7,7 +7,8 @@ section's own checks: they depend on the validate stage's output, so DVC runs th
 params that passed here, and their code stamps hold none of the registries this module imports.
 """
 
-from lottery import controls, data, distributed, early_bird, factorize, hparams, models
+from lottery import controls, data, distributed, early_bird, factorize, hparams
+from lottery.models import catalog
 from lottery.errors import ParamsError
 from lottery.pruning import strategies
 
@@ -26,7 +27,7 @@ RULES = (
 def validate(hp):
     """Raise ParamsError, naming the key, if `hp` (read, so each section checked) cannot run."""
     _check_across_sections(hp)
-    models.check_params(hp)  # the model must exist before the other rules build it
+    catalog.check_params(hp)  # the model must exist before the other rules build it
     model = _model(hp)
     for rule in RULES:
         rule(hp, model)
@@ -65,4 +66,4 @@ def _check_across_sections(hp):
 
 def _model(hp):
     spec = data.DATASETS[hp.data.dataset]
-    return models.build(hp.model.name, spec.input_shape, spec.num_classes, seed=0, width=hp.model.width)
+    return catalog.build(hp.model.name, spec.input_shape, spec.num_classes, seed=0, width=hp.model.width)

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from lottery import augment, data, hparams, identity, models, training, validation
+from lottery import augment, data, hparams, identity, training, validation
+from lottery.models import catalog
 from lottery.masks import ones
 from tests.conftest import default_params, with_overrides
 from tests.test_data import data_hp
@@ -72,7 +73,7 @@ def test_cifar_trains_with_crops_and_flips_by_default_and_mnist_without(tiny_cif
     assert "augmentation" not in named() and "augmentation" in named(**{"data.dataset": "cifar10", "data.source": "download"})
 
     def trained(splits):
-        model = models.build("conv2", (3, 32, 32), 10, seed=0)
+        model = catalog.build("conv2", (3, 32, 32), 10, seed=0)
         hp = dataclasses.replace(training_hp(), iterations=6, eval_every=3, batch_size=5)
         training.train(model, ones(model), splits, hp, seed=0)
         return model.state_dict()

@@ -1,12 +1,13 @@
 import pytest
 import torch
 
-from lottery import controls, masks, models, pipeline, training
+from lottery import controls, masks, pipeline, training
+from lottery.models import catalog
 
 
 @pytest.fixture
 def ticket():
-    theta = models.build("lenet_300_100", (1, 28, 28), 10, seed=0)
+    theta = catalog.build("lenet_300_100", (1, 28, 28), 10, seed=0)
     generator = torch.Generator().manual_seed(1)
     mask = {name: torch.rand(keep.shape, generator=generator) < 0.3 for name, keep in masks.ones(theta).items()}
     spec = {"name": "lenet_300_100", "input_shape": [1, 28, 28], "num_classes": 10, "width": 1.0}
@@ -94,11 +95,11 @@ def test_training_applies_the_schedule(mnist_root, make_hp):
     # After iteration 1 the rate drops a millionfold: the run must stay close to one plain step.
     decayed_hp = make_hp(**{"train.milestones": [1], "train.gamma": 1e-6}).train
     one_step_hp = make_hp(**{"train.iterations": 1, "train.eval_every": 1}).train
-    decayed, one_step, full = (models.build("lenet_300_100", (1, 28, 28), 10, seed=0) for _ in range(3))
+    decayed, one_step, full = (catalog.build("lenet_300_100", (1, 28, 28), 10, seed=0) for _ in range(3))
     training.train(decayed, masks.ones(decayed), splits, decayed_hp, seed=0)
     training.train(one_step, masks.ones(one_step), splits, one_step_hp, seed=0)
     training.train(full, masks.ones(full), splits, make_hp().train, seed=0)
-    theta = models.build("lenet_300_100", (1, 28, 28), 10, seed=0).state_dict()
+    theta = catalog.build("lenet_300_100", (1, 28, 28), 10, seed=0).state_dict()
     moved = lambda model: (model.state_dict()["layers.1.weight"] - theta["layers.1.weight"]).abs().sum().item()
     assert moved(decayed) == pytest.approx(moved(one_step), rel=1e-3)
     assert moved(decayed) < moved(full) / 3

@@ -7,7 +7,8 @@ that crosses devices with the model on meta beside CPU masks. Nothing data-depen
 import pytest
 import torch
 
-from lottery import models, weight_agnostic
+from lottery import weight_agnostic
+from lottery.models import catalog
 from tests.test_structured import VGG, random_channel_mask, trained_like
 
 
@@ -23,7 +24,7 @@ def on_meta(model, mask=None, seed=0):
 
 
 def lenet_with_a_weight_mask():
-    return on_meta(models.build("lenet_300_100", (1, 28, 28), 10, seed=0, width=0.1))
+    return on_meta(catalog.build("lenet_300_100", (1, 28, 28), 10, seed=0, width=0.1))
 
 
 def vgg_with_a_channel_mask():

@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from lottery import data, devices, hparams, identity, masks, models, paths, pipeline, report_tables, training
+from lottery import data, devices, hparams, identity, masks, paths, pipeline, report_tables, training
+from lottery.models import catalog
 from lottery.io import read_json
 from lottery.errors import ParamsError
 
@@ -43,7 +44,7 @@ def test_bfloat16_autocasts_the_training_forward_passes_and_still_learns(mnist_r
     splits = data.load(hp.data, mnist_root)
     results = {}
     for precision in ("float32", "bfloat16"):
-        model = models.build("lenet_300_100", (1, 28, 28), 10, seed=0)
+        model = catalog.build("lenet_300_100", (1, 28, 28), 10, seed=0)
         seen = []
         model.layers[1].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
         train_hp = dataclasses.replace(hp.train, precision=precision)
@@ -71,7 +72,7 @@ def test_a_bad_precision_is_refused_in_one_line(make_hp):
 
 def test_masks_are_made_on_the_cpu_whatever_device_the_model_is_on():
     # 'meta' stands in for a GPU here: a model whose tensors live anywhere but the CPU.
-    model = models.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125).to("meta")
+    model = catalog.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125).to("meta")
     assert {keep.device.type for keep in masks.ones(model).values()} == {"cpu"}
 
 

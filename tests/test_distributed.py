@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lottery import checkpoints, data, distributed, hparams, identity, models, paths, training, validation
+from lottery import checkpoints, data, distributed, hparams, identity, paths, training, validation
+from lottery.models import catalog
 from lottery.errors import ParamsError
 from tests.conftest import PROJECT, reproduced_repo, sh, store_view
 
@@ -130,7 +131,7 @@ def test_ranks_slice_each_batch_follow_rank_0_and_sum_their_evaluations(tmp_path
 
 
 def test_a_synchronized_tree_shares_every_tensor_and_swaps_only_batchnorm():
-    model = models.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125)
+    model = catalog.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125)
     tree = distributed._synchronized(model)
     assert {id(p) for p in tree.parameters()} == {id(p) for p in model.parameters()}
     assert {id(b) for b in tree.buffers()} == {id(b) for b in model.buffers()}
@@ -140,7 +141,7 @@ def test_a_synchronized_tree_shares_every_tensor_and_swaps_only_batchnorm():
     model.eval(), tree.eval()
     example = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     assert torch.equal(model(example), tree(example))
-    lenet = models.build("lenet_300_100", (1, 28, 28), 10, seed=0)
+    lenet = catalog.build("lenet_300_100", (1, 28, 28), 10, seed=0)
     assert distributed._synchronized(lenet) is lenet  # nothing to swap: the model itself
 
 

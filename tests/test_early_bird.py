@@ -4,7 +4,8 @@ search, and a tiny end-to-end search that stops early."""
 import pytest
 import torch
 
-from lottery import checkpoints, early_bird, hparams, masks, models, paths, pipeline, quantize, validation
+from lottery import checkpoints, early_bird, hparams, masks, paths, pipeline, quantize, validation
+from lottery.models import catalog
 from lottery.io import read_json
 from lottery.errors import ParamsError
 from tests.conftest import default_params, store_view
@@ -95,14 +96,14 @@ def test_fake_quantisation_keeps_its_scale_on_the_device_and_matches_a_python_fl
 
 
 def test_quantised_forwards_apply_inside_the_block_only():
-    model = models.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125).eval()
+    model = catalog.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125).eval()
     x = torch.randn(2, 1, 28, 28)
     full = model(x)
     with quantize.fake_quantized(model, 2):
         coarse = model(x)
     assert not torch.allclose(full, coarse)
     assert torch.equal(model(x), full)
-    assert set(model.state_dict()) == set(models.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125).state_dict())
+    assert set(model.state_dict()) == set(catalog.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125).state_dict())
 
 
 def test_params_tie_the_search_to_prune_at_round_1(make_hp):

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import checkpoints, factorize, hparams, identity, masks, models, paths, pipeline, training, validation
+from lottery import checkpoints, factorize, hparams, identity, masks, paths, pipeline, training, validation
+from lottery.models import catalog
 from lottery.pruning import driver
 from lottery.io import read_json
 from lottery.errors import ParamsError
@@ -36,7 +37,7 @@ def test_spectral_init_is_the_best_rank_r_approximation():
 
 
 def test_spectral_init_of_a_model_approximates_each_layer_of_theta0():
-    model = models.build("conv2", (1, 28, 28), 10, seed=3)
+    model = catalog.build("conv2", (1, 28, 28), 10, seed=3)
     dense = {name: factorize.matrix(layer) for name, layer in factorize.layers(model).items()}
     ranks = factorize.rank_plan(model, 0.25)
     assert ranks, "conv2 has layers worth factorizing at a quarter of their rank"
@@ -73,7 +74,7 @@ def test_a_conv_at_full_rank_computes_what_the_dense_conv_computes(geometry):
 
 @pytest.mark.parametrize("name,width", [("lenet_300_100", 1.0), ("conv4", 1.0), ("vgg11", 0.25), ("resnet20", 0.5)])
 def test_every_registered_kind_of_model_factorized_at_full_rank_computes_the_same(name, width):
-    model = models.build(name, (1, 28, 28), 10, seed=0, width=width).eval()
+    model = catalog.build(name, (1, 28, 28), 10, seed=0, width=width).eval()
     full = {layer: min(factorize.shape(module)) for layer, module in factorize.factorizable(model).items()}
     factorized = factorize.factorize(copy.deepcopy(model), full).eval()
     assert set(factorize.ranks(factorized)) == set(full)
@@ -115,7 +116,7 @@ def test_the_frobenius_decay_gradient_equals_autograds():
 @pytest.mark.parametrize("name,width", [("lenet_300_100", 1.0), ("vgg11", 0.25), ("resnet20", 1.0)])
 @pytest.mark.parametrize("ratio", [0.1, 0.05, 0.02])
 def test_parameter_matching_hits_the_target_to_within_one_rank_of_any_layer(name, width, ratio):
-    model = models.build(name, (1, 28, 28), 10, seed=0, width=width)
+    model = catalog.build(name, (1, 28, 28), 10, seed=0, width=width)
     target = round(ratio * factorize.stored_weights(model, {}))
     scale, ranks = factorize.matched_ranks(model, target)
     stored = factorize.stored_weights(model, ranks)
@@ -132,7 +133,7 @@ def test_parameter_matching_hits_the_target_to_within_one_rank_of_any_layer(name
 
 
 def test_a_factorized_checkpoint_describes_its_ranks_and_loads_itself(tmp_path):
-    model = models.build("vgg11", (1, 28, 28), 10, seed=0, width=0.25)
+    model = catalog.build("vgg11", (1, 28, 28), 10, seed=0, width=0.25)
     spec = checkpoints.model_spec("vgg11", (1, 28, 28), 10, 0.25)
     factorize.factorize(model, factorize.rank_plan(model, 0.3))
     checkpoints.save(tmp_path / "f.pt", model, spec=spec, round_=1, iteration=0, parents=[])
@@ -144,7 +145,7 @@ def test_a_factorized_checkpoint_describes_its_ranks_and_loads_itself(tmp_path):
 
 
 def test_plain_factors_are_drawn_independently_with_each_factors_own_fans():
-    model = models.build("lenet_300_100", (1, 28, 28), 10, seed=0)
+    model = catalog.build("lenet_300_100", (1, 28, 28), 10, seed=0)
     ranks = {"layers.1": 60}
     plain = factorize.factorize(copy.deepcopy(model), ranks, spectral=False, generator=torch.Generator().manual_seed(5), init="glorot")
     again = factorize.factorize(copy.deepcopy(model), ranks, spectral=False, generator=torch.Generator().manual_seed(5), init="glorot")
@@ -159,7 +160,7 @@ def test_plain_factors_are_drawn_independently_with_each_factors_own_fans():
 
 def test_weight_decay_spares_the_factors_when_frobenius_decay_takes_its_place(mnist_root):
     hp = make_hp(mnist_root, **{"train.weight_decay": 1e-3})
-    model = models.build("lenet_300_100", (1, 28, 28), 10, seed=0)
+    model = catalog.build("lenet_300_100", (1, 28, 28), 10, seed=0)
     factorize.factorize(model, {"layers.1": 20})
     factors = {id(param) for param in factorize.factor_parameters(model)}
     groups = training.make_optimizer(hp.train, model, frobenius_decay=True).param_groups

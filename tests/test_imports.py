@@ -6,8 +6,6 @@ any depth (inside functions too), with the `__init__.py` of each package on the 
 
 import functools
 
-import pytest
-
 from lottery import deps
 
 
@@ -24,9 +22,6 @@ def test_the_pruning_package_and_the_supermask_search_are_in_no_import_circle():
     assert [pair for pair in circles() if any(file.startswith(inside) for file in pair)] == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="lottery/models/__init__.py imports its model modules, which import its `register` (issue 23)"
-)
 def test_lottery_has_no_import_circle():
     assert circles() == []
 

@@ -3,13 +3,14 @@ import hashlib
 import pytest
 import torch
 
-from lottery import checkpoints, masks, models
+from lottery import checkpoints, masks
+from lottery.models import catalog
 from lottery.io import atomic_path
 
 
 @pytest.fixture
 def model():
-    return models.build("lenet_300_100", (1, 28, 28), 10, seed=0)
+    return catalog.build("lenet_300_100", (1, 28, 28), 10, seed=0)
 
 
 def test_save_load_round_trip_with_weights_only(model, tmp_path):
@@ -23,7 +24,7 @@ def test_save_load_round_trip_with_weights_only(model, tmp_path):
 
 
 def test_load_rejects_a_mask_for_another_model(model, tmp_path):
-    other = models.build("conv2", (1, 28, 28), 10, seed=0)
+    other = catalog.build("conv2", (1, 28, 28), 10, seed=0)
     masks.save(masks.ones(other), tmp_path / "mask.pt")
     with pytest.raises(masks.MaskError, match="mask lacks the prunable weights"):
         masks.load(tmp_path / "mask.pt", model)

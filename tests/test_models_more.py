@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lottery import models, validation
+from lottery import validation
+from lottery.models import catalog
 from lottery.models.resnet import BasicBlock
 from tests.test_pruning import train_like
 
@@ -15,13 +16,13 @@ CONV_LAYERS = {"vgg19": 16, "resnet20": 21}  # ResNet-20: 19 3x3 and two 1x1 pro
 @pytest.mark.parametrize("name", CONV_LAYERS)
 @pytest.mark.parametrize("input_shape", [(3, 32, 32), (1, 28, 28)])
 def test_one_logit_per_class_for_cifar_and_mnist_inputs(name, input_shape):
-    model = models.build(name, input_shape, 10, seed=0)
+    model = catalog.build(name, input_shape, 10, seed=0)
     assert model(torch.randn(2, *input_shape)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("name, convs", CONV_LAYERS.items())
 def test_prunable_weights_are_every_conv_layer_and_the_output_layer(name, convs):
-    model = models.build(name, (3, 32, 32), 10, seed=0)
+    model = catalog.build(name, (3, 32, 32), 10, seed=0)
     kinds = model.prunable_kinds()
     assert list(kinds.values()) == ["conv"] * convs + ["output"]
     batchnorm = {
@@ -36,7 +37,7 @@ def test_prunable_weights_are_every_conv_layer_and_the_output_layer(name, convs)
 
 @pytest.mark.parametrize("name", CONV_LAYERS)
 def test_same_seed_same_init_and_batchnorm_starts_at_one_and_zero(name):
-    first, again, other = (models.build(name, (3, 32, 32), 10, seed=seed) for seed in (4, 4, 5))
+    first, again, other = (catalog.build(name, (3, 32, 32), 10, seed=seed) for seed in (4, 4, 5))
     a, b, c = first.state_dict(), again.state_dict(), other.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not any(torch.equal(a[k], c[k]) for k in first.prunable_kinds())
@@ -55,7 +56,7 @@ def test_the_paper_init_is_kaiming_for_vgg_and_resnet_and_glorot_for_the_lth_net
     from tests.conftest import default_params, with_overrides
 
     hp = validation.from_dict(with_overrides(default_params(), {"model.name": name, "model.init": "paper"}))
-    assert models.weights_init(hp.model) == expected
+    assert catalog.weights_init(hp.model) == expected
     spec = model_spec(hp)  # what the init stage saves θ0 with
     assert spec.get("init", "glorot") == expected
     model = checkpoints.build(spec, seed=hp.seed)
@@ -66,7 +67,7 @@ def test_the_paper_init_is_kaiming_for_vgg_and_resnet_and_glorot_for_the_lth_net
 
 
 def test_vgg19_follows_the_lth_plan_with_batchnorm_after_every_conv():
-    model = models.build("vgg19", (3, 32, 32), 10, seed=0)
+    model = catalog.build("vgg19", (3, 32, 32), 10, seed=0)
     layers = list(model.features)
     convs = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Conv2d)]
     assert [layers[i].out_channels for i in convs] == [64] * 2 + [128] * 2 + [256] * 4 + [512] * 8
@@ -75,7 +76,7 @@ def test_vgg19_follows_the_lth_plan_with_batchnorm_after_every_conv():
 
 
 def resnet20_blocks():
-    model = models.build("resnet20", (3, 32, 32), 10, seed=0)
+    model = catalog.build("resnet20", (3, 32, 32), 10, seed=0)
     return [module for module in model.modules() if isinstance(module, BasicBlock)]
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from lottery import masks, models, validation
+from lottery import masks, validation
+from lottery.models import catalog
 from lottery.pruning import driver, rates, strategies, strategy
 from tests.conftest import default_params, with_overrides
 from lottery.errors import ParamsError
@@ -20,7 +21,7 @@ def train_like(model, seed):
 
 
 def imp(model_name, rounds, hp, input_shape=(1, 28, 28)):
-    model = models.build(model_name, input_shape, 10, seed=0)
+    model = catalog.build(model_name, input_shape, 10, seed=0)
     mask = masks.ones(model)
     history = [mask]
     for round_ in range(1, rounds + 1):
@@ -43,7 +44,7 @@ def test_layerwise_density_is_one_minus_rate_to_the_rounds(rounds):
 
 
 def test_conv_layers_use_the_models_paper_rate_unless_set():
-    model = models.build("conv6", (3, 32, 32), 10, seed=0)
+    model = catalog.build("conv6", (3, 32, 32), 10, seed=0)
     kinds = model.prunable_kinds()
     by_layer = rates.layer_rates(model, prune_hp(rate=0.2))
     assert {by_layer[n] for n, k in kinds.items() if k == "conv"} == {0.15}
@@ -61,7 +62,7 @@ def test_pruned_weights_are_never_revived():
 
 
 def test_magnitude_removes_the_smallest_remaining_weights():
-    model = models.build("lenet_300_100", (1, 28, 28), 10, seed=0)
+    model = catalog.build("lenet_300_100", (1, 28, 28), 10, seed=0)
     train_like(model, seed=1)
     mask = driver.prune(prune_hp(rate=0.2), model, masks.ones(model), seed=1)
     weight = dict(model.named_parameters())["layers.1.weight"].detach().abs()
@@ -70,7 +71,7 @@ def test_magnitude_removes_the_smallest_remaining_weights():
 
 
 def test_global_scope_pools_the_hidden_layers_and_prunes_the_output_layer_on_its_own():
-    model = models.build("lenet_300_100", (1, 28, 28), 10, seed=0)
+    model = catalog.build("lenet_300_100", (1, 28, 28), 10, seed=0)
     train_like(model, seed=3)
     with torch.no_grad():
         dict(model.named_parameters())["layers.5.weight"].abs_().add_(10)  # the output layer is large
@@ -86,7 +87,7 @@ def test_global_scope_pools_the_hidden_layers_and_prunes_the_output_layer_on_its
 
 @pytest.mark.parametrize("model_name", ["vgg11", "resnet20"])
 def test_global_scope_leaves_the_output_layer_of_vgg_and_resnet_alone_unless_told(model_name):
-    model = models.build(model_name, (1, 28, 28), 10, seed=0, width=0.25)
+    model = catalog.build(model_name, (1, 28, 28), 10, seed=0, width=0.25)
     train_like(model, seed=2)
     output = next(name for name, kind in model.prunable_kinds().items() if kind == "output")
     mask = driver.prune(prune_hp(rate=0.2, scope="global"), model, masks.ones(model), seed=1)
@@ -119,8 +120,8 @@ def test_pruning_is_deterministic():
 
 
 def test_every_registered_model_builds_and_exposes_prunable_weights():
-    for name in models.REGISTRY:
-        model = models.build(name, (1, 28, 28), 10, seed=0)
+    for name in catalog.REGISTRY:
+        model = catalog.build(name, (1, 28, 28), 10, seed=0)
         out = model(torch.zeros(2, 1, 28, 28))
         assert out.shape == (2, 10)
         kinds = model.prunable_kinds()
@@ -129,16 +130,16 @@ def test_every_registered_model_builds_and_exposes_prunable_weights():
 
 
 def test_same_seed_same_init_other_seed_other_init():
-    a = models.build("conv2", (1, 28, 28), 10, seed=4).state_dict()
-    b = models.build("conv2", (1, 28, 28), 10, seed=4).state_dict()
-    c = models.build("conv2", (1, 28, 28), 10, seed=5).state_dict()
+    a = catalog.build("conv2", (1, 28, 28), 10, seed=4).state_dict()
+    b = catalog.build("conv2", (1, 28, 28), 10, seed=4).state_dict()
+    c = catalog.build("conv2", (1, 28, 28), 10, seed=5).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["features.0.weight"], c["features.0.weight"])
 
 
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(KeyError, match="model.name = 'vgg99': unknown"):
-        models.build("vgg99", (1, 28, 28), 10, seed=0)
+        catalog.build("vgg99", (1, 28, 28), 10, seed=0)
 
 
 @pytest.mark.parametrize("name", sorted(strategies.REGISTRY))

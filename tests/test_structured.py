@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import channels, checkpoints, compression, controls, hparams, masks, models, pipeline, training, validation
+from lottery import channels, checkpoints, compression, controls, hparams, masks, pipeline, training, validation
+from lottery.models import catalog
 from lottery.pruning import driver
 from lottery.models import base
 from lottery.errors import ParamsError
@@ -39,7 +40,7 @@ def channel_prune_hp(strategy, scope, rate=0.5, min_channels=1, max_layer_fracti
 
 def trained_like(spec, seed=1):
     """A model with random weights and BatchNorm statistics, as if trained: no ties, no identity BN."""
-    model = models.build(**spec)
+    model = catalog.build(**spec)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
@@ -288,10 +289,10 @@ def test_bn_l1_in_the_training_loop_moves_gamma_by_lr_times_lambda_times_sign(mn
     splits = data.load(hp.data, mnist_root)
     runs = {}
     for bn_l1 in (0.0, 0.5):
-        model = models.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125)
+        model = catalog.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125)
         training.train(model, masks.ones(model), splits, dataclasses.replace(hp.train, bn_l1=bn_l1), seed=0)
         runs[bn_l1] = model.features[1].weight.detach()
-    start = models.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125).features[1].weight.detach()
+    start = catalog.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125).features[1].weight.detach()
     assert torch.allclose(runs[0.0] - runs[0.5], 0.1 * 0.5 * start.sign(), atol=1e-6)
 
 

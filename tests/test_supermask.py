@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import checkpoints, data, identity, lineage, masks, models, paths, pipeline, supermask, validation, weight_agnostic
+from lottery import checkpoints, data, identity, lineage, masks, paths, pipeline, supermask, validation, weight_agnostic
+from lottery.models import catalog
 from lottery.errors import ParamsError
 from lottery.pruning import driver, rates, selection
 from tests.conftest import default_params, with_overrides
@@ -24,7 +25,7 @@ SUPERMASK = {
 
 
 def lenet(width=1.0, init="glorot", seed=0, input_shape=(1, 28, 28), classes=10):
-    return models.build("lenet_300_100", input_shape, classes, seed=seed, width=width, init=init)
+    return catalog.build("lenet_300_100", input_shape, classes, seed=seed, width=width, init=init)
 
 
 def test_signed_kaiming_constant_is_plus_or_minus_the_kaiming_std_with_mixed_signs():
@@ -257,7 +258,7 @@ def test_a_supermask_lineage_logs_the_weight_agnostic_accuracies_to_mlflow(super
 
 
 def test_batchnorm_takes_no_part_in_a_shared_weight_network_it_normalises_each_batch():
-    model = models.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125)
+    model = catalog.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125)
     with torch.no_grad():  # trained-looking scales, shifts and statistics, which must not count
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):

@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 import torch
 
-from lottery import data, masks, models, pipeline, training
+from lottery import data, masks, pipeline, training
+from lottery.models import catalog
 from lottery.errors import ParamsError
 
 
@@ -13,7 +14,7 @@ def splits(mnist_root, make_hp):
 
 
 def lenet(seed=0):
-    return models.build("lenet_300_100", (1, 28, 28), 10, seed=seed)
+    return catalog.build("lenet_300_100", (1, 28, 28), 10, seed=seed)
 
 
 def half_mask(model, seed=0):

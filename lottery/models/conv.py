@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from lottery.models import register
+from lottery.models.registry import register
 from lottery.models.base import PrunableModel
 
 

@@ -1,6 +1,6 @@
 from torch import nn
 
-from lottery.models import register
+from lottery.models.registry import register
 from lottery.models.base import PrunableModel, scaled
 
 

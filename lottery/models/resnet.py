@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from lottery.models import register
+from lottery.models.registry import register
 from lottery.models.base import PooledConvNet, scaled
 
 

@@ -6,7 +6,7 @@ every layer's channels, so a narrow VGG fits a CPU benchmark.
 
 from torch import nn
 
-from lottery.models import register
+from lottery.models.registry import register
 from lottery.models.base import PooledConvNet, scaled
 
 # Output channels of each 3x3 conv layer; "M" is a 2x2 max-pooling.

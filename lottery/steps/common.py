@@ -1,6 +1,7 @@
 """What several stages share: the data splits, the model description, how weights are saved."""
 
-from lottery import checkpoints, data, models, paths, provenance
+from lottery import checkpoints, data, paths, provenance
+from lottery.models import catalog
 from lottery.io import write_json
 
 
@@ -15,7 +16,7 @@ def test_split(hp):
 def model_spec(hp, compact_of=None):
     spec = data.DATASETS[hp.data.dataset]
     return checkpoints.model_spec(
-        hp.model.name, spec.input_shape, spec.num_classes, hp.model.width, models.weights_init(hp.model), compact_of=compact_of
+        hp.model.name, spec.input_shape, spec.num_classes, hp.model.width, catalog.weights_init(hp.model), compact_of=compact_of
     )
 
 
