@@ -63,13 +63,20 @@ def of(hp):
     if not hp.early_bird.enabled:
         tree["early_bird"] = {"enabled": False}
     if hp.factorize.enabled:
-        # Without weight decay, Frobenius decay has no decay to replace: the same lineage either way.
-        tree["factorize"] = _fields(hp.factorize) if hp.train.weight_decay else {"spectral_init": hp.factorize.spectral_init}
+        tree["factorize"] = factorize_keys(hp)
     if strategies.REGISTRY[hp.prune.strategy].learns_scores:
         tree["supermask"] = _fields(hp.supermask)
         if hp.supermask.weight_agnostic:
             tree["supermask"]["shared_weights"] = _fields(hp.weight_agnostic)
     return tree if SCHEMA_VERSION == 1 else {"schema": SCHEMA_VERSION, **tree}
+
+
+def factorize_keys(hp):
+    """The factorize keys that name a factorized lineage ({} when factorize is off)."""
+    if not hp.factorize.enabled:
+        return {}
+    # Without weight decay, Frobenius decay has no decay to replace: the same lineage either way.
+    return _fields(hp.factorize) if hp.train.weight_decay else {"spectral_init": hp.factorize.spectral_init}
 
 
 def params_hash(hp):

@@ -69,9 +69,11 @@ def _arguments(frame):
     return values
 
 
-def hp_test(hparams):
+def hp_test(hparams, hp):
     """Whether a value is the params or a section of them, or holds one as an attribute."""
-    kinds = (hparams.Hparams, hparams.Section)
+    # A section is an instance of one of the params file's section classes (before lottery.sections
+    # existed, of hparams.Section): one test for this checkout and for an older one under --root.
+    kinds = (hparams.Hparams, *{type(getattr(hp, name)) for name in hp.raw if name not in ("seed", "rounds")})
 
     def carries_hp(value):
         if isinstance(value, kinds):
@@ -111,7 +113,7 @@ def walk(strategy):
 
     hp = hparams.from_dict(params(strategy))
     prepare(hp)
-    recorder = Walk(hp_test(hparams))
+    recorder = Walk(hp_test(hparams, hp))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the unreachable tracking store's warning
         sys.setprofile(recorder)

@@ -24,7 +24,7 @@ def prune(hp, round_):
         "prune.granularity": hp.prune.granularity,
         "rewind.target": hp.rewind.target,
         "rewind.iteration": hp.rewind.iteration,
-        **{f"factorize.{key}": value for key, value in identity.of(hp).get("factorize", {}).items()},
+        **{f"factorize.{key}": value for key, value in identity.factorize_keys(hp).items()},
     }
     masks.save(mask, paths.mask(round_))
     write_json(paths.sparsity_report(round_), sparsity)
