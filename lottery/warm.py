@@ -17,8 +17,10 @@ installed packages and the environment variables that steer those libraries at i
 without a stage (default 300) or when another worker takes its socket. `LOTTERY_WARM=0` runs
 every stage in its own process without a worker. If the worker cannot take a stage, the stage
 runs in its own process. `lottery warm status` names the worker that serves this interpreter (its
-pid, since when it listens, its log `<socket>.log`); `lottery warm stop` stops it
-(lottery.warm_status). The worker itself is lottery.warm_worker.
+pid, since when it listens, its log `<socket>.log`); `lottery warm stop` stops it.
+
+This module is the stage's side: the hand-off, and starting a worker. The worker itself is
+lottery.warm_worker; `lottery warm status` and `stop` are lottery.warm_status.
 
 A worker serves one user. Its socket lies in `$TMPDIR/lottery-warm-<uid>/`, which must be a
 folder of that user's with mode 0700: otherwise the stage warns in one line and runs without a
