@@ -28,7 +28,7 @@ import yaml
 
 from repro_time import ROOT, environment, mnist_root, prepare, save
 
-from lottery import tracking  # noqa: E402
+from lottery import mlflow_connection  # noqa: E402
 from tests.blackhole import BlackHole  # noqa: E402
 from tests.conftest import TINY, with_overrides  # noqa: E402
 
@@ -65,7 +65,7 @@ def measure(base, data_root):
             dead_seconds, code, output = dvc(dead, "repro", tracking_uri=hole.url)
             assert code == 0, output[-3000:]
         finally:
-            tracking.forget_probe(hole.url)
+            mlflow_connection.forget_probe(hole.url)
         probes = hole.accepted
     healthy_seconds, code, output = dvc(healthy, "repro")
     assert code == 0, output[-3000:]

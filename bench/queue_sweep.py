@@ -33,7 +33,9 @@ from pathlib import Path
 
 from repro_time import ROOT, mnist_root, save
 
-from lottery import lineage, tracking, validation  # noqa: E402
+from lottery import hparams, validation  # noqa: E402
+from lottery.lineage_catalog import LineageCatalog  # noqa: E402
+from lottery.runs import COMPLETE_METRIC  # noqa: E402
 from tests.conftest import commit, dvc_project, tiny_params  # noqa: E402
 
 WAYS = (
@@ -101,12 +103,12 @@ def sweep(repo, seeds, workers, env):
 def complete_lineages(repo):
     """Lineages in the copy's default MLflow store (mlflow.db at its root) whose every round has its results."""
     hp = validation.load(repo / "params.yaml")
-    store = lineage.Store(f"sqlite:///{repo / 'mlflow.db'}", hp.tracking.experiment)
-    return sum(is_complete(store.load(parent), hp.rounds) for parent in store.parents())
+    catalog = LineageCatalog(f"sqlite:///{repo / 'mlflow.db'}", hp.tracking.experiment)
+    return sum(is_complete(catalog.load(parent), hp.rounds) for parent in catalog.parents())
 
 
 def is_complete(record, rounds):
-    finished = [r for r in record.rounds if tracking.COMPLETE_METRIC in record.branches[(r, None)].data.metrics]
+    finished = [r for r in record.rounds if COMPLETE_METRIC in record.branches[(r, None)].data.metrics]
     return finished == list(range(rounds + 1))
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from lottery import hparams, paths, terminal, warm, yaml12
+from lottery import hparams, paths, terminal, warm, warm_status, yaml12
 from lottery.errors import ParamsError, UserError
 from lottery.io import read_text, write_text
 
@@ -86,11 +86,12 @@ def format_diff(result):
     return "\n".join(lines)
 
 
-def _store(args):
-    from lottery import lineage, tracking
+def _catalog(args):
+    from lottery import lineage_catalog, mlflow_connection
 
     tracking_hp = hparams.load_section("tracking", args.params)  # the store alone: see hparams.load_section
-    return lineage.Store(args.uri or tracking.tracking_uri(tracking_hp), args.experiment or tracking_hp.experiment)
+    uri = args.uri or mlflow_connection.tracking_uri(tracking_hp)
+    return lineage_catalog.LineageCatalog(uri, args.experiment or tracking_hp.experiment)
 
 
 def _emit(args, data, text):
@@ -124,11 +125,11 @@ def cmd_sync(args):
 def cmd_list(args):
     from lottery import lineage
 
-    store = _store(args)
-    parents, found = store.parents(), []
+    catalog = _catalog(args)
+    parents, found = catalog.parents(), []
     with terminal.Bar("reading lineages", len(parents)) as bar:
         for parent in parents:
-            found.append(store.load(parent))
+            found.append(catalog.load(parent))
             bar.step()
     _emit(args, [lineage.summary_row(each) for each in found], format_list(found))
 
@@ -149,7 +150,7 @@ def format_list(found):
 def cmd_show(args):
     from lottery import lineage
 
-    found = _store(args).find(args.lineage)
+    found = _catalog(args).find(args.lineage)
     rows = lineage.round_table(found)
     _emit(args, {"lineage": lineage.summary_row(found), "rounds": rows}, f"{found.name}\n{table(rows)}")
 
@@ -157,17 +158,17 @@ def cmd_show(args):
 def cmd_diff(args):
     from lottery import lineage
 
-    store = _store(args)
-    result = lineage.diff(store, store.find(args.a), store.find(args.b), progress=terminal.Bar)
+    catalog = _catalog(args)
+    result = lineage.diff(catalog, catalog.find(args.a), catalog.find(args.b), progress=terminal.Bar)
     result["differs"] = lineage.differs(result)
     _emit(args, result, format_diff(result) + f"\n\n{'lineages differ' if result['differs'] else 'no differences'}")
 
 
 def cmd_reproduce(args):
-    from lottery import lineage
+    from lottery import reproduce
 
-    store = _store(args)
-    result = lineage.reproduce(store, store.find(args.lineage), Path.cwd(), keep=args.keep, progress=terminal.Bar)
+    catalog = _catalog(args)
+    result = reproduce.reproduce(catalog, catalog.find(args.lineage), Path.cwd(), keep=args.keep, progress=terminal.Bar)
     mismatches = [c for c in result["checks"] if not c["match"]]
     lines = [table(mismatches)] if mismatches else []
     if result["differences"]:
@@ -200,13 +201,13 @@ def format_warm(found, stopped=False):
 
 
 def cmd_warm_status(args):
-    found = warm.status()
+    found = warm_status.status()
     _emit(args, found, format_warm(found))
 
 
 def cmd_warm_stop(args):
     try:
-        found = warm.stop()
+        found = warm_status.stop()
     except OSError as err:
         raise UserError(str(err)) from err
     _emit(args, found, format_warm(found, stopped=True))
@@ -215,14 +216,14 @@ def cmd_warm_stop(args):
 def cmd_compare(args):
     from lottery import compare
 
-    store = _store(args)
-    result = compare.compare(store, args.lineages, all_seeds=args.all_seeds, progress=terminal.Bar)
+    catalog = _catalog(args)
+    result = compare.compare(catalog, args.lineages, all_seeds=args.all_seeds, progress=terminal.Bar)
     text = compare.format_table(result)
     compare.figure(result, args.figure)
     if args.table:
         write_text(args.table, text + "\n")
     if args.log:
-        result["run_id"] = compare.log(store, result, text, args.figure)
+        result["run_id"] = compare.log(catalog, result, text, args.figure)
     logged = f"; logged to MLflow run {result['run_id']}" if args.log else ""
     _emit(args, result, f"{text}\n\nfigure: {args.figure}{logged}")
 

@@ -1,6 +1,6 @@
 """`lottery compare`: lineages, or groups of seeds, side by side at equal weights remaining.
 
-Each compared series is named as the lineage commands name a lineage (lottery.lineage: parent run
+Each compared series is named as the lineage commands name a lineage (lottery.lineage_catalog: parent run
 id, DVC experiment, run name, or a prefix of at least 6 characters of the parent run id or lineage
 hash), or by a prefix of at least 6 characters of a replicate group (tag lottery.replicate_group:
 the lineages that differ in seed alone), tried first. `NAME:CONTROL` takes a control branch of
@@ -18,10 +18,13 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from lottery import lineage, mlflow_view, report, terminal, tracking
+from lottery import mlflow_view, report, terminal
 from lottery.errors import UserError
+from lottery.lineage_catalog import current
+from lottery.provenance import REPLICATE_TAG
+from lottery.runs import COMPLETE_METRIC, KIND_TAG
 
-KIND = "comparison"  # the lottery.kind tag of a comparison run: `Store.parents` lists kind 'lineage' only
+KIND = "comparison"  # the lottery.kind tag of a comparison run: `LineageCatalog.parents` lists kind 'lineage' only
 COMPARED_TAG = "lottery.compared"  # label=parent run ids of each series, one series a line
 SPREAD = "mean ± sd over seeds"
 
@@ -35,7 +38,7 @@ class Series:
     """One line of the comparison: some lineages (one per seed) and the branch compared."""
 
     label: str
-    lineages: list  # lottery.lineage.LineageRecord, in seed order
+    lineages: list  # lottery.lineage_catalog.LineageRecord, in seed order
     control: str = None  # None: the ticket
 
 
@@ -48,15 +51,15 @@ def parse(spec):
     return label, name, control or None
 
 
-def resolve(store, spec, all_seeds=False):
+def resolve(catalog, spec, all_seeds=False):
     """The Series that `spec` names (see the module docstring)."""
     label, name, control = parse(spec)
-    parents = _group(store, name)
+    parents = _group(catalog, name)
     if not parents:
-        found = store.find(name).parent
-        group = found.data.tags.get(tracking.REPLICATE_TAG)
-        parents = store.parents(replicate_group=group) if all_seeds and group else [found]
-    records = [store.load(p) for p in sorted(parents, key=_seed)]
+        found = catalog.find(name).parent
+        group = found.data.tags.get(REPLICATE_TAG)
+        parents = catalog.parents(replicate_group=group) if all_seeds and group else [found]
+    records = [catalog.load(p) for p in sorted(parents, key=_seed)]
     if control:
         for record in records:
             controls = sorted({c for _, c in record.branches if c})
@@ -66,12 +69,12 @@ def resolve(store, spec, all_seeds=False):
     return Series(label, records, control)
 
 
-def _group(store, name):
+def _group(catalog, name):
     """The parent runs of the replicate group whose tag starts with `name` (at least 6 characters)."""
     if len(name) < 6:
         return []
-    parents = [p for p in store.parents() if p.data.tags.get(tracking.REPLICATE_TAG, "").startswith(name)]
-    groups = {p.data.tags[tracking.REPLICATE_TAG] for p in parents}
+    parents = [p for p in catalog.parents() if p.data.tags.get(REPLICATE_TAG, "").startswith(name)]
+    groups = {p.data.tags[REPLICATE_TAG] for p in parents}
     if len(groups) > 1:
         raise CompareError(f"{name!r}: names {len(groups)} replicate groups ({', '.join(sorted(groups))}); give more of one")
     return parents
@@ -113,14 +116,14 @@ def levels(series):
 
 
 def _complete(run):
-    return lineage.current(run, tracking.COMPLETE_METRIC) is not None
+    return current(run, COMPLETE_METRIC) is not None
 
 
 def dense(series):
     """Test accuracy at early stop of the series' dense networks (their round 0), or None where a
     lineage has no results there yet."""
     runs = [record.branches.get((0, None)) for record in series.lineages]
-    values = [lineage.current(run, tracking.COMPLETE_METRIC) if run else None for run in runs]
+    values = [current(run, COMPLETE_METRIC) if run else None for run in runs]
     return None if None in values else spread(values)
 
 
@@ -169,14 +172,14 @@ def align(all_weights):
     return rows
 
 
-def compare(store, specs, all_seeds=False, progress=terminal.no_bar):
+def compare(catalog, specs, all_seeds=False, progress=terminal.no_bar):
     """The comparison of the series `specs` name: each series' lineages, seeds, dense network and
     levels, and the rows of the table (one per level; per series, its level there or None).
-    `progress(label, total)`: a terminal.Bar stepped as each series is read from the store."""
+    `progress(label, total)`: a terminal.Bar stepped as each series is read from the catalog."""
     series = []
     with progress("reading lineages", len(specs)) as bar:
         for spec in specs:
-            series.append(resolve(store, spec, all_seeds))
+            series.append(resolve(catalog, spec, all_seeds))
             bar.step()
     labels = [s.label for s in series]
     twice = sorted({label for label in labels if labels.count(label) > 1})
@@ -191,7 +194,7 @@ def compare(store, specs, all_seeds=False, progress=terminal.no_bar):
                 "control": s.control,
                 "lineages": [record.parent.info.run_id for record in s.lineages],
                 "seeds": [_seed(record.parent) for record in s.lineages],
-                "replicate_groups": sorted({record.parent.data.tags.get(tracking.REPLICATE_TAG, "") for record in s.lineages}),
+                "replicate_groups": sorted({record.parent.data.tags.get(REPLICATE_TAG, "") for record in s.lineages}),
                 "dense": dense(s),
                 "levels": series_levels,
             }
@@ -289,8 +292,8 @@ def figure(result, path):
     report.save_density_figure(fig, [axis], title, path)
 
 
-def log(store, result, table, figure_path):
-    """A comparison run in the store's experiment holding the table (also its description, cut to
+def log(catalog, result, table, figure_path):
+    """A comparison run in the catalog's experiment holding the table (also its description, cut to
     MLflow's limit on a tag), the figure and the comparison as JSON; tagged kind 'comparison', so
     no lineage listing counts it. Returns its run id."""
     import json
@@ -299,22 +302,22 @@ def log(store, result, table, figure_path):
 
     labels = [s["label"] for s in result["series"]]
     tags = {
-        tracking.KIND_TAG: KIND,
+        KIND_TAG: KIND,
         "mlflow.runName": ("compare " + " vs ".join(labels))[:250],
         mlflow_view.DESCRIPTION_TAG: _fit(table, "\n\n(cut: the whole table is the compare.md artifact)"),
         COMPARED_TAG: _fit("\n".join(f"{s['label']}={','.join(s['lineages'])}" for s in result["series"]), "\n(cut)"),
     }
-    run_id = store.client.create_run(store.experiment_id, tags=tags).info.run_id
+    run_id = catalog.client.create_run(catalog.experiment_id, tags=tags).info.run_id
     status = "FAILED"
     try:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "compare.md").write_text(table + "\n", encoding="utf-8")
             (Path(tmp) / "compare.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
             (Path(tmp) / "compare.png").write_bytes(Path(figure_path).read_bytes())
-            store.client.log_artifacts(run_id, tmp)
+            catalog.client.log_artifacts(run_id, tmp)
         status = "FINISHED"
     finally:
-        store.client.set_terminated(run_id, status)
+        catalog.client.set_terminated(run_id, status)
     return run_id
 
 

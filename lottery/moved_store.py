@@ -1,7 +1,7 @@
 """A SQLite MLflow store that was moved or copied with its project folder.
 
 MLflow records absolute artifact locations: an experiment's (`<folder>/mlruns/<experiment>`,
-beside the database, lottery.tracking), every run's, every model version's source and storage
+beside the database, lottery.mlflow_connection), every run's, every model version's source and storage
 location. After `mv project project2` a stage would write its artifacts back into `project`,
 recreating it; after `cp -r project copy` the copy's stages would replace the original's artifacts.
 So whenever a stage or the `lottery` command opens a SQLite store whose experiment keeps its

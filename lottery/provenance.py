@@ -14,6 +14,13 @@ import subprocess
 
 from lottery import deps, identity
 
+# The parent run's tags that say where a lineage came from (lottery.runs makes the run).
+CODE_TAG = "lottery.code"
+REPLICATE_TAG = "lottery.replicate_group"
+COMMIT_TAG = "lottery.git_commit"
+DIRTY_TAG = "lottery.git_dirty"
+EXPERIMENT_TAG = "lottery.dvc_experiment"
+
 
 def lineage_id(hp, root=deps.ROOT):
     """The lineage's name: its identity params and its code."""
@@ -64,6 +71,33 @@ def device_name(device):
 def dvc_experiment():
     """The DVC experiment this process runs in ('' outside `dvc exp run`)."""
     return os.environ.get("DVC_EXP_NAME", "")
+
+
+def run_tags(hp):
+    """A lineage's provenance tags as its parent run is made: its code, its replicate group, the
+    git commit (and whether uncommitted code ran) and the DVC experiment."""
+    git = git_state()
+    return {
+        CODE_TAG: deps.code_digest(),
+        REPLICATE_TAG: replicate_group(hp),
+        COMMIT_TAG: git["commit"],
+        DIRTY_TAG: str(git["dirty"]).lower(),
+        EXPERIMENT_TAG: dvc_experiment(),
+    }
+
+
+def run_tag_updates(held):
+    """The provenance tags that change on a parent run holding tags `held`: a lineage first run from
+    uncommitted code names a commit once that code is committed; one first run outside a DVC
+    experiment names the experiment that runs it later."""
+    updates = {}
+    if held.get(DIRTY_TAG) == "true":
+        git = git_state()
+        if git["commit"] and not git["dirty"]:
+            updates = {COMMIT_TAG: git["commit"], DIRTY_TAG: "false"}
+    if not held.get(EXPERIMENT_TAG) and dvc_experiment():
+        updates[EXPERIMENT_TAG] = dvc_experiment()
+    return updates
 
 
 def _git(root, *args):

@@ -5,7 +5,7 @@ them in MLflow: which run, and the params, metrics, step metrics, tags and artif
 Stages publish their records right after writing their outputs (evaluate@r also publishes the
 training record of retrain@r, which logs nothing and so never imports MLflow); `sync` (run by
 `report` and by `lottery sync`) publishes every record whose files exist, one whole record per run.
-Publishing makes the run's current values the record's (lottery.tracking), so a record logs the
+Publishing makes the run's current values the record's (lottery.publishing), so a record logs the
 same whether a stage or `sync` logs it, logging it again changes nothing (no run, metric point,
 model version or artifact upload is added twice), and a changed file replaces what it said before.
 """

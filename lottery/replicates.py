@@ -6,9 +6,10 @@ current params' replicate group (the same code and the same params but the seed)
 them over seeds, like `report` does for one seed.
 """
 
-from lottery import paths, provenance, report, tracking
+from lottery import mlflow_connection, paths, provenance, report
 from lottery.errors import UserError
 from lottery.io import write_json, write_text
+from lottery.runs import COMPLETE_METRIC
 
 
 class ReplicateError(UserError, RuntimeError):
@@ -18,20 +19,20 @@ class ReplicateError(UserError, RuntimeError):
 def measurements(hp, seeds=None):
     """{branch: {round: [metrics per seed]}} for the rounds and controls in `hp`, seeds in order:
     every seed in the store, or `seeds`, each of which must have a lineage there."""
-    from lottery.lineage import Store
+    from lottery.lineage_catalog import LineageCatalog
 
-    store = Store(tracking.tracking_uri(hp.tracking), hp.tracking.experiment)
-    parents = store.parents(replicate_group=provenance.replicate_group(hp))
+    catalog = LineageCatalog(mlflow_connection.tracking_uri(hp.tracking), hp.tracking.experiment)
+    parents = catalog.parents(replicate_group=provenance.replicate_group(hp))
     if seeds is not None:
         parents = _of_seeds(parents, seeds)
     if not parents:
         raise ReplicateError("no lineage of these params in MLflow yet: run the pipeline first")
     result = {}
     for parent in sorted(parents, key=lambda p: int(p.data.tags["lottery.seed"])):
-        seed, branches = parent.data.tags["lottery.seed"], store.load(parent).branches
+        seed, branches = parent.data.tags["lottery.seed"], catalog.load(parent).branches
         for round_, control in hp.branches():
             run = branches.get((round_, control))
-            if run is None or tracking.COMPLETE_METRIC not in run.data.metrics:
+            if run is None or COMPLETE_METRIC not in run.data.metrics:
                 branch = f"round {round_}" + (f" control {control}" if control else "")
                 raise ReplicateError(f"seed {seed}: {branch} has no results in MLflow (run it, or `report` to fill in)")
             result.setdefault(control or report.TICKET, {}).setdefault(round_, []).append(run.data.metrics)

@@ -19,6 +19,9 @@ every stage in its own process without a worker. If the worker cannot take a sta
 runs in its own process. `lottery warm status` names the worker that serves this interpreter (its
 pid, since when it listens, its log `<socket>.log`); `lottery warm stop` stops it.
 
+This module is the stage's side: the hand-off, and starting a worker. The worker itself is
+lottery.warm_worker; `lottery warm status` and `stop` are lottery.warm_status.
+
 A worker serves one user. Its socket lies in `$TMPDIR/lottery-warm-<uid>/`, which must be a
 folder of that user's with mode 0700: otherwise the stage warns in one line and runs without a
 worker, and a worker refuses to listen there. The worker refuses every connection whose peer
@@ -27,42 +30,19 @@ environment only to a worker whose socket its own user opened.
 """
 
 import hashlib
-import io
 import json
 import os
-import select
 import signal
 import site
 import socket
-import stat
-import struct
 import subprocess
 import sys
 import time
-import traceback
 
-# What stages import that takes seconds; a module that fails to import is left to the stages.
-PRELOADED = (
-    "numpy",
-    "yaml",
-    "tqdm",
-    "torch",
-    "torchvision",
-    "torch_pruning",
-    "mlflow.entities",
-    "mlflow.tracking",
-    "mlflow.pytorch",
-    "mlflow.store.tracking.sqlalchemy_store",
-    # Not pyplot: importing it would pick a plotting backend for every stage.
-    "matplotlib.figure",
-    "matplotlib.backends.backend_agg",
-)
+from lottery import warm_worker
+
 # Environment variables these libraries read when imported: a worker serves one set of values.
 IMPORT_TIME_ENVIRONMENT = ("OMP_", "MKL_", "KMP_", "OPENBLAS_", "CUDA_", "CUBLAS_", "TORCH", "PYTORCH_", "PYTHON", "LD_", "MPLBACKEND")
-PROJECT_PACKAGES = ("lottery", "stages")
-DEFAULT_IDLE_SECONDS = 300
-MESSAGE_LIMIT = 1 << 20
-STREAMS = ("stdin", "stdout", "stderr")
 
 # Set in a worker's fork, in the stage's own copy of this module.
 in_worker = False
@@ -82,7 +62,7 @@ def hand_off(name, module=None):
     path = socket_path()
     if path is None:
         return
-    refused = _not_private(os.path.dirname(path))
+    refused = warm_worker.not_private(os.path.dirname(path))
     if refused:
         print(f"warning: no warm worker ({refused})", file=sys.stderr)
         return
@@ -108,12 +88,17 @@ def started_at():
     """Wall-clock time at which this stage's process started (the stage process, not a worker fork)."""
     if _started_at is not None:
         return _started_at
-    with open("/proc/self/stat") as stat:
-        # Field 22, clock ticks after boot; the command name (field 2) may hold spaces.
-        ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    ticks = int(proc_stat("self")[19])  # field 22: clock ticks after boot
     with open("/proc/uptime") as uptime:
         age = float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
     return time.time() - age
+
+
+def proc_stat(pid):
+    """The fields of /proc/<pid>/stat after the command name (field 3, the state, first): the
+    command name, field 2, may hold spaces and parentheses. OSError if there is no such process."""
+    with open(f"/proc/{pid}/stat") as stat_file:
+        return stat_file.read().rsplit(")", 1)[1].split()
 
 
 def socket_path():
@@ -128,115 +113,12 @@ def _identity():
     digest = hashlib.sha256()
     packages = [(folder, os.stat(folder).st_mtime_ns) for folder in site.getsitepackages() if os.path.isdir(folder)]
     steering = sorted((key, value) for key, value in os.environ.items() if key.startswith(IMPORT_TIME_ENVIRONMENT))
-    for part in (sys.executable, sys.version, sys.flags, sys.warnoptions, sys._xoptions, packages, steering, PRELOADED):
+    for part in (sys.executable, sys.version, sys.flags, sys.warnoptions, sys._xoptions, packages, steering, warm_worker.PRELOADED):
         digest.update(repr(part).encode())
-    with open(__file__, "rb") as source:
-        digest.update(source.read())
+    for module in (__file__, warm_worker.__file__):  # either side's code changed: a new worker
+        with open(module, "rb") as source:
+            digest.update(source.read())
     return digest.hexdigest()[:20]
-
-
-# `lottery warm status` and `lottery warm stop`.
-
-
-def status():
-    """The worker that serves this interpreter (and its packages and environment): its socket and
-    log file, and, while one listens there, its pid, when it started listening (epoch seconds), its
-    idle limit and whether it is still loading the libraries. pid None: no worker listens."""
-    path = socket_path()
-    if path is None:
-        return {"socket": None, "log": None, "pid": None, "state": "none: its socket path would be too long"}
-    record = _read_record(path)
-    pid = record.get("pid")
-    if not (os.path.exists(path) and isinstance(pid, int) and _is_worker(pid, path)):
-        return {"socket": path, "log": _existing(f"{path}.log"), "pid": None, "state": "none"}
-    loading = os.path.exists(f"{path}.starting")
-    return {
-        "socket": path,
-        "log": _existing(f"{path}.log"),
-        "pid": pid,
-        "since": record.get("since"),
-        "idle_seconds": record.get("idle_seconds"),
-        "state": "loading the libraries" if loading else "listening",
-    }
-
-
-def stop(timeout=10):
-    """Stop the worker that serves this interpreter: its socket goes (the next stage starts a new
-    worker), then it gets SIGTERM; the stages it is running finish. Its status before, as
-    `status()` gives it (pid None: there was none)."""
-    found = status()
-    if found["pid"] is None:
-        return found
-    path = found["socket"]
-    for leftover in (path, f"{path}.starting"):
-        _unlink(leftover)
-    try:
-        os.kill(found["pid"], signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout
-    while not _ended(found["pid"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not _ended(found["pid"]):
-        raise OSError(f"warm worker {found['pid']} still runs {timeout} s after SIGTERM")
-    _unlink(f"{path}.pid")
-    return found
-
-
-def _read_record(path):
-    try:
-        with open(f"{path}.pid") as record:
-            return json.load(record)
-    except (OSError, ValueError):
-        return {}
-
-
-def _is_worker(pid, path):
-    """Whether `pid` is a live process of this user that serves `path` (the worker's argument), so
-    a pid the system has since given to another process is never taken for the worker."""
-    try:
-        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
-            return False
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            arguments = cmdline.read().split(b"\0")
-    except OSError:
-        return False
-    return path.encode() in arguments and not _ended(pid)
-
-
-def _ended(pid):
-    """Whether process `pid` has exited (gone, or a zombie its parent has not collected yet)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat_file:
-            return stat_file.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
-
-
-def _existing(path):
-    return path if os.path.exists(path) else None
-
-
-# The stage's side.
-
-
-def _not_private(folder):
-    """Why `folder` (made if missing) must not hold a worker's socket, or '' if it may: it must be
-    a folder (not a link) of this user's that no other user can enter (mode 0700), since the
-    socket takes each stage's whole environment, tokens included, and its standard streams. In a
-    shared temporary directory (sticky bit) no other user can rename or remove it either."""
-    try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        found = os.lstat(folder)
-    except OSError as err:
-        return f"{folder}: {err.strerror}"
-    if not stat.S_ISDIR(found.st_mode):
-        return f"{folder}: not a folder"
-    if found.st_uid != os.getuid():
-        return f"{folder}: belongs to user {found.st_uid}, not to this user ({os.getuid()})"
-    if found.st_mode & 0o777 != 0o700:
-        return f"{folder}: mode {found.st_mode & 0o777:04o}, must be 0700 (chmod 700 {folder})"
-    return ""
 
 
 def _connect(path):
@@ -248,19 +130,12 @@ def _connect(path):
     except OSError:
         connection.close()
         return None
-    listener = _peer_user(connection)
+    listener = warm_worker.peer_user(connection)
     if listener != os.getuid():
         connection.close()
         print(f"warning: the warm worker at {path} runs as user {listener}, not as this user: not used", file=sys.stderr)
         return None
     return connection
-
-
-def _peer_user(connection):
-    """The user id of the process at the other end of a Unix socket (SO_PEERCRED: pid, uid, gid),
-    as the kernel recorded it when that process connected or listened."""
-    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", credentials)[1]
 
 
 def _delegate(connection, module):
@@ -273,7 +148,7 @@ def _delegate(connection, module):
         "path": sys.path,
         "umask": _umask(),
         "started_at": started_at(),
-        "streams": {name: _stream_options(getattr(sys, name)) for name in STREAMS[1:]},
+        "streams": {name: _stream_options(getattr(sys, name)) for name in warm_worker.STREAMS[1:]},
     }
     with connection:
         try:
@@ -302,7 +177,7 @@ def _forward_signals(pid):
 
 
 def _receive(connection):
-    message = connection.recv(MESSAGE_LIMIT)
+    message = connection.recv(warm_worker.MESSAGE_LIMIT)
     return json.loads(message) if message else None
 
 
@@ -330,12 +205,12 @@ def _start_worker(path):
         if time.time() - _mtime(f"{path}.starting") < 60:
             return
         # A start that never finished (its worker died while importing): try again.
-        _unlink(f"{path}.starting")
+        warm_worker.unlink(f"{path}.starting")
         return _start_worker(path)
     os.close(claim)
     with open(f"{path}.log", "ab") as log:
         subprocess.Popen(
-            [sys.executable, __file__, path],
+            [sys.executable, warm_worker.__file__, path],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -350,218 +225,3 @@ def _mtime(path):
         return os.stat(path).st_mtime
     except FileNotFoundError:
         return 0
-
-
-# The worker's side.
-
-
-def serve(path, idle_seconds):
-    """Accept stages on `path` until idle for `idle_seconds` or until another worker takes `path`.
-    A folder that is not private to this user (see _not_private) is refused: no worker there."""
-    refused = _not_private(os.path.dirname(path))
-    if refused:
-        print(f"refused: {refused}", flush=True)
-        _unlink(f"{path}.starting")
-        return
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pending = f"{path}.{os.getpid()}"
-    listener.bind(pending)
-    listener.listen(64)
-    os.replace(pending, path)
-    own = os.stat(path).st_ino
-    _write_record(path, idle_seconds)
-    # Forks report to the stage process themselves; the worker never waits for them.
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    # A stage that arrives while the libraries load is served between two imports: it imports
-    # the rest itself rather than wait for all of them.
-    for name in PRELOADED:
-        _preload(name)
-        _serve_waiting(listener, timeout=0)
-    _unlink(f"{path}.starting")
-    last = time.monotonic()
-    while time.monotonic() - last < idle_seconds and _owns(path, own):
-        if _serve_waiting(listener, timeout=min(idle_seconds, 5)):
-            last = time.monotonic()
-    if _owns(path, own):
-        _unlink(path)
-    if _read_record(path).get("pid") == os.getpid():
-        _unlink(f"{path}.pid")
-
-
-def _write_record(path, idle_seconds):
-    """`<socket>.pid`: this worker's pid, when it started listening, and its idle limit (`lottery warm`)."""
-    record = {"pid": os.getpid(), "since": time.time(), "idle_seconds": idle_seconds}
-    pending = f"{path}.pid.{os.getpid()}"
-    with open(os.open(pending, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600), "w") as out:
-        json.dump(record, out)
-    os.replace(pending, f"{path}.pid")
-
-
-def _preload(name):
-    try:
-        __import__(name)
-    except Exception:  # the stage that needs it reports the failure
-        traceback.print_exc()
-
-
-def _serve_waiting(listener, timeout):
-    """Start a fork for each stage waiting on `listener` (waiting up to `timeout` s for the
-    first); whether there was one."""
-    served = False
-    while select.select([listener], [], [], 0 if served else timeout)[0]:
-        connection, _ = listener.accept()
-        caller = _peer_user(connection)
-        if caller != os.getuid():  # root passes the folder's mode; a stage of another user runs as this one
-            print(f"refused a connection from user {caller}", flush=True)
-            connection.close()
-            continue
-        if os.fork() == 0:
-            listener.close()
-            _supervise(connection)
-        connection.close()
-        served = True
-    return served
-
-
-def _owns(path, inode):
-    try:
-        return os.stat(path).st_ino == inode
-    except FileNotFoundError:
-        return False
-
-
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _supervise(connection):
-    """In a fork of the worker: start the stage in a fork of its own, tell the stage process its pid,
-    and pass on its exit status; if the stage process goes away, stop the stage."""
-    status = 1
-    try:
-        message, descriptors, _, _ = socket.recv_fds(connection, MESSAGE_LIMIT, len(STREAMS))
-        request = json.loads(message)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        stage = os.fork()
-        if stage == 0:
-            connection.close()
-            _run_stage(request, descriptors)
-        for descriptor in descriptors:
-            os.close(descriptor)
-        connection.send(json.dumps({"pid": stage}).encode())
-        status = _watch(connection, stage)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        os._exit(status)
-
-
-def _watch(connection, stage):
-    ended = os.pidfd_open(stage)
-    while True:
-        ready, _, _ = select.select([connection, ended], [], [])
-        if ended in ready:
-            _, status = os.waitpid(stage, 0)
-            code = os.waitstatus_to_exitcode(status)
-            connection.send(json.dumps({"exit": code if code >= 0 else 128 - code}).encode())
-            return 0
-        if not connection.recv(MESSAGE_LIMIT):
-            os.kill(stage, signal.SIGTERM)
-            os.waitpid(stage, 0)
-            return 1
-
-
-def _run_stage(request, descriptors):
-    """In the stage's fork: become the stage process, run its script as `__main__`, and exit as
-    the interpreter would."""
-    code = 1
-    try:
-        _become(request, descriptors)
-        import runpy
-
-        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
-        code = 0
-    except SystemExit as stop:
-        code = _exit_code(stop.code)
-    except KeyboardInterrupt:  # before the stage script took its stop signals over (lottery.stage)
-        print("error: stopped by SIGINT", file=sys.stderr)
-        code = 128 + signal.SIGINT
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        _finish(code)
-
-
-def _become(request, descriptors):
-    for target, descriptor in enumerate(descriptors):
-        os.dup2(descriptor, target)
-        os.close(descriptor)
-    _rebind_streams(request["streams"])
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["environment"])
-    os.umask(request["umask"])
-    sys.argv = request["argv"]
-    sys.path[:] = request["path"]
-    for name in list(sys.modules):
-        if name.split(".")[0] in PROJECT_PACKAGES:
-            del sys.modules[name]
-    import importlib
-
-    sys.path_importer_cache.clear()
-    importlib.invalidate_caches()
-    # The stage's own copy of this module: its hand_off must not hand off again.
-    stage_copy = importlib.import_module("lottery.warm")
-    stage_copy.in_worker = True
-    stage_copy._started_at = request["started_at"]
-
-
-def _rebind_streams(options):
-    """sys.stdin/stdout/stderr on the stage's descriptors, buffered as in the stage process; log
-    handlers that held the worker's streams get the stage's."""
-    import logging
-
-    replaced = {}
-    sys.stdin = open(0, "r", closefd=False)
-    for descriptor, name in enumerate(STREAMS[1:], start=1):
-        stream = io.TextIOWrapper(io.BufferedWriter(io.FileIO(descriptor, "w", closefd=False)), **options[name])
-        replaced[id(getattr(sys, name))] = stream
-        setattr(sys, name, stream)
-    loggers = [logging.getLogger()] + [logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)]
-    for handler in (handler for logger in loggers for handler in logger.handlers):
-        if isinstance(handler, logging.StreamHandler) and id(handler.stream) in replaced:
-            handler.setStream(replaced[id(handler.stream)])
-
-
-def _exit_code(value):
-    if value is None:
-        return 0
-    if isinstance(value, int):
-        return value
-    print(value, file=sys.stderr)
-    return 1
-
-
-def _finish(code):
-    """Exit as the interpreter exits: wait for the threads it waits for (thread pools told to stop
-    first), run the atexit handlers, flush the streams."""
-    import atexit
-    import threading
-
-    threading._shutdown()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
-
-
-if __name__ == "__main__":
-    # Run as a script: the folder holding this file must not shadow the libraries' modules.
-    sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
-    serve(sys.argv[1], float(os.environ.get("LOTTERY_WARM_IDLE", DEFAULT_IDLE_SECONDS)))

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from lottery import cli, compare, lineage, report, terminal
+from lottery import cli, compare, report, terminal
+from lottery.lineage_catalog import LineageCatalog
 from tests.conftest import TINY, lineages_in_one_store
 
 METHODS = {
@@ -40,8 +41,8 @@ def lineages(tmp_path_factory, mnist_root):
         yield {key: parent for key, (parent, _) in made.items()}, hp, params
 
 
-def store(hp):
-    return lineage.Store(mlflow.get_tracking_uri(), hp.tracking.experiment)
+def catalog(hp):
+    return LineageCatalog(mlflow.get_tracking_uri(), hp.tracking.experiment)
 
 
 def recorded(parent_id, round_, control=None):
@@ -65,7 +66,7 @@ def result(lineages):
     ids, hp, _ = lineages
     imp = group_of(ids, "imp")[:10]
     specs = [f"IMP={imp}", f"random_sparse={imp}:random_sparse", f"factorized={ids['factorized', 0]}"]
-    return compare.compare(store(hp), specs, all_seeds=True)
+    return compare.compare(catalog(hp), specs, all_seeds=True)
 
 
 def test_each_level_is_the_mean_and_sd_of_the_seeds_records(lineages, result):
@@ -140,7 +141,7 @@ def test_one_seed_draws_no_band_and_names_none(lineages):
     ids, hp, _ = lineages
     drawn = io.StringIO()
     bar = lambda label, total: terminal.Bar(label, total, stream=drawn, shown=True)  # noqa: E731
-    one = compare.compare(store(hp), [ids["imp", 0], ids["factorized", 1]], progress=bar)
+    one = compare.compare(catalog(hp), [ids["imp", 0], ids["factorized", 1]], progress=bar)
     assert "reading lineages [##########..........] 1/2" in drawn.getvalue() and drawn.getvalue().endswith("\r\x1b[K")
     assert [s["seeds"] for s in one["series"]] == [[0], [1]]
     assert all(level["test_accuracy_at_early_stop"]["sd"] is None for s in one["series"] for level in s["levels"])
@@ -164,7 +165,7 @@ def test_cli_prints_the_table_writes_a_png_and_logs_a_comparison_run_that_is_no_
     assert run.data.tags["lottery.kind"] == "comparison"
     assert run.data.tags["mlflow.note.content"] == table.read_text().rstrip("\n")
     assert sorted(a.path for a in client.list_artifacts(out["run_id"])) == ["compare.json", "compare.md", "compare.png"]
-    assert sorted(p.info.run_id for p in store(hp).parents()) == sorted(ids.values())
+    assert sorted(p.info.run_id for p in catalog(hp).parents()) == sorted(ids.values())
     cli.main(["--params", str(params), "lineage", "list", "--json"])
     assert sorted(row["parent_run_id"] for row in json.loads(capsys.readouterr().out)) == sorted(ids.values())
     cli.main([*argv, "--figure", str(figure)])
@@ -189,11 +190,11 @@ def test_a_bad_name_is_a_one_line_error(lineages, spec, message):
 def test_a_control_the_lineages_lack_and_a_label_twice_are_errors(lineages):
     ids, hp, _ = lineages
     with pytest.raises(compare.CompareError, match=r"has no control 'reinit' \(its controls: random_sparse\)"):
-        compare.compare(store(hp), [f"{ids['imp', 0]}:reinit"])
+        compare.compare(catalog(hp), [f"{ids['imp', 0]}:reinit"])
     with pytest.raises(compare.CompareError, match="has no control 'random_sparse' \\(its controls: none\\)"):
-        compare.compare(store(hp), [f"{ids['factorized', 0]}:random_sparse"])
+        compare.compare(catalog(hp), [f"{ids['factorized', 0]}:random_sparse"])
     with pytest.raises(compare.CompareError, match="label 'a' names two series"):
-        compare.compare(store(hp), [f"a={ids['imp', 0]}", f"a={ids['factorized', 0]}"])
+        compare.compare(catalog(hp), [f"a={ids['imp', 0]}", f"a={ids['factorized', 0]}"])
 
 
 def test_parse():
@@ -232,7 +233,7 @@ def present(metrics):
 @pytest.mark.parametrize("seeds", [1, 2])
 def test_the_round_figure_labels_percent_and_names_error_bars_only_over_seeds(lineages, seeds):
     ids, hp, _ = lineages
-    records = [store(hp).find(ids["imp", seed]) for seed in SEEDS[:seeds]]
+    records = [catalog(hp).find(ids["imp", seed]) for seed in SEEDS[:seeds]]
     measurements = {
         branch: {r: [present(record.metrics(r, control)) for record in records] for r in ((0, 1, 2) if control is None else (1, 2))}
         for branch, control in ((report.TICKET, None), ("random_sparse", "random_sparse"))

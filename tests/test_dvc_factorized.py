@@ -9,6 +9,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from lottery import checkpoints, factorize, lineage
+from lottery.lineage_catalog import LineageCatalog
 from tests.conftest import reproduced_repo, sh
 
 FACTORIZED = {
@@ -60,11 +61,11 @@ def test_mlflow_shows_each_rounds_ranks_as_params_and_metrics(repo):
 
 
 def test_the_lineage_cli_shows_the_ranks_and_the_compression_beside_the_metrics(repo):
-    store = lineage.Store(f"sqlite:///{repo / 'mlflow.db'}", "lottery")
-    (parent,) = store.parents()
-    found = store.load(parent)
+    catalog = LineageCatalog(f"sqlite:///{repo / 'mlflow.db'}", "lottery")
+    (parent,) = catalog.parents()
+    found = catalog.load(parent)
     rows = {row["round"]: row for row in lineage.round_table(found)}
-    diffed = {row["round"]: row for row in lineage.diff(store, found, found)["rounds"]}
+    diffed = {row["round"]: row for row in lineage.diff(catalog, found, found)["rounds"]}
     assert "ranks" not in rows[0] and diffed[0]["ranks"] == {}  # round 0 is the dense network
     for round_ in (1, 2):
         ranks = read(repo, f"metrics/rounds/round_{round_}.json")["ranks_per_layer"]

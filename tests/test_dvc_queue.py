@@ -13,7 +13,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from lottery import deps, hparams, lineage, records, tracking
+from lottery import deps, hparams, records
+from lottery.lineage_catalog import LineageCatalog
+from lottery.provenance import CODE_TAG, EXPERIMENT_TAG
+from lottery.runs import COMPLETE_METRIC, RunIndex
 from tests.conftest import PROJECT, commit, dvc_project, sh, tiny_params
 
 SEEDS = (0, 1)
@@ -44,13 +47,13 @@ def repo(tmp_path_factory, mnist_root):
     return repo
 
 
-def store(repo):
-    return lineage.Store(f"sqlite:///{repo / 'mlflow.db'}", "lottery")
+def catalog(repo):
+    return LineageCatalog(f"sqlite:///{repo / 'mlflow.db'}", "lottery")
 
 
 def lineages(repo):
     """{seed: LineageRecord} of the project's default store, mlflow.db at its root."""
-    found = store(repo)
+    found = catalog(repo)
     return {int(parent.data.tags["lottery.seed"]): found.load(parent) for parent in found.parents()}
 
 
@@ -64,11 +67,11 @@ def experiments(repo):
 def test_every_seeds_lineage_is_whole_in_the_projects_store(repo):
     by_seed = lineages(repo)
     assert sorted(by_seed) == list(SEEDS)
-    client = store(repo).client
+    client = catalog(repo).client
     for record in by_seed.values():
         assert record.rounds == [0, 1]
         for run in record.branches.values():
-            assert tracking.COMPLETE_METRIC in run.data.metrics
+            assert COMPLETE_METRIC in run.data.metrics
             # Artifacts go beside the store, not into the temporary copy that DVC deleted.
             assert "mask.pt" in {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
             assert run.info.artifact_uri.startswith(f"{repo / 'mlruns'}/")
@@ -92,16 +95,16 @@ def test_each_stage_ran_its_experiments_copy_of_the_code(repo):
     # The warm worker forks each stage into the stage's own working directory and import path.
     assert deps.code_digest(repo) != deps.code_digest(PROJECT)
     for record in lineages(repo).values():
-        assert record.parent.data.tags[tracking.CODE_TAG] == deps.code_digest(repo)
+        assert record.parent.data.tags[CODE_TAG] == deps.code_digest(repo)
 
 
 def test_dvc_exp_show_has_each_experiment_with_the_metrics_mlflow_has(repo):
     shown, by_seed = experiments(repo), lineages(repo)
     assert sorted(shown) == list(SEEDS)
     for seed, (name, metrics) in shown.items():
-        assert by_seed[seed].parent.data.tags[tracking.EXPERIMENT_TAG] == name
+        assert by_seed[seed].parent.data.tags[EXPERIMENT_TAG] == name
         headline = metrics["metrics/headline.json"]["data"]  # the one metrics file declared: round 1 is the last
-        assert headline["last_acc"] == by_seed[seed].branches[(1, None)].data.metrics[tracking.COMPLETE_METRIC]
+        assert headline["last_acc"] == by_seed[seed].branches[(1, None)].data.metrics[COMPLETE_METRIC]
 
 
 def test_the_aggregate_covers_every_seed(repo):
@@ -132,10 +135,10 @@ def test_results_come_back_by_dvc_exp_apply_and_go_out_by_dvc_exp_push(repo):
     assert (repo.parent / "dvc-remote" / "files" / "md5" / mask["md5"][:2] / mask["md5"][2:]).is_file()
 
 
-def _open_store(hp, uri, barrier, failures):
+def _open_run_index(hp, uri, barrier, failures):
     barrier.wait()
     try:
-        tracking.Store(hp, uri)
+        RunIndex(hp, uri)
     except Exception as err:
         failures.put(f"{type(err).__name__}: {err}")
 
@@ -145,7 +148,7 @@ def open_stores_at_once(hp, uri, count):
     for each that failed."""
     fork = multiprocessing.get_context("fork")
     barrier, failures = fork.Barrier(count), fork.Queue()
-    processes = [fork.Process(target=_open_store, args=(hp, uri, barrier, failures)) for _ in range(count)]
+    processes = [fork.Process(target=_open_run_index, args=(hp, uri, barrier, failures)) for _ in range(count)]
     for process in processes:
         process.start()
     for process in processes:
@@ -173,4 +176,4 @@ def test_a_store_takes_the_experiment_another_process_created_after_its_lookup(m
         return None if len(lookups) == 1 else lookup(client, name)
 
     monkeypatch.setattr(MlflowClient, "get_experiment_by_name", before_theirs)
-    assert tracking.Store(hp, uri).experiment_id == theirs and len(lookups) == 2
+    assert RunIndex(hp, uri).experiment_id == theirs and len(lookups) == 2

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lottery import deps, hparams, tracking
+from lottery import deps, hparams, mlflow_connection
 from tests.blackhole import BlackHole
 from tests.conftest import TINY, default_params, dvc_project, with_overrides
 
@@ -62,7 +62,7 @@ def repro(tmp_path_factory, mnist_root):
             output = ok(repo, "dvc", "repro", tracking_uri=hole.url, import_trace=True)
             yield Repro(repo, output, time.monotonic() - start, hole.accepted)
         finally:
-            tracking.forget_probe(hole.url)
+            mlflow_connection.forget_probe(hole.url)
 
 
 def stage_imports(output):

@@ -7,8 +7,9 @@ import mlflow
 import pytest
 import torch
 
-from lottery import cli, lineage, paths, pipeline, validation
+from lottery import cli, hparams, lineage, paths, pipeline, validation
 from lottery.errors import ParamsError
+from lottery.lineage_catalog import LineageCatalog, LineageError
 from tests.conftest import TINY, lineages_in_one_store, with_overrides
 
 
@@ -21,8 +22,8 @@ def two_lineages(tmp_path_factory, mnist_root):
         yield {rate: parent for rate, (parent, _) in made.items()}, made[0.3][1]
 
 
-def store(hp):
-    return lineage.Store(mlflow.get_tracking_uri(), hp.tracking.experiment)
+def catalog(hp):
+    return LineageCatalog(mlflow.get_tracking_uri(), hp.tracking.experiment)
 
 
 def run_cli(capsys, *argv):
@@ -39,7 +40,7 @@ def test_mask_overlap_of_a_mask_with_itself_is_total():
 
 def test_diff_of_a_lineage_with_itself_shows_no_difference(two_lineages, capsys):
     ids, hp = two_lineages
-    result = lineage.diff(store(hp), store(hp).find(ids[0.2]), store(hp).find(ids[0.2]))
+    result = lineage.diff(catalog(hp), catalog(hp).find(ids[0.2]), catalog(hp).find(ids[0.2]))
     assert not lineage.differs(result)
     assert result["params"] == {}
     assert all(layer["jaccard"] == 1.0 for r in result["rounds"] for layer in r["masks"].values())
@@ -58,7 +59,7 @@ def paths_params(hp):
 
 def test_diff_of_lineages_that_differ_in_one_param(two_lineages, capsys):
     ids, hp = two_lineages
-    result = lineage.diff(store(hp), store(hp).find(ids[0.2]), store(hp).find(ids[0.3]))
+    result = lineage.diff(catalog(hp), catalog(hp).find(ids[0.2]), catalog(hp).find(ids[0.3]))
     assert result["params"] == {"prune.rate": {"a": "0.2", "b": "0.3"}}
     round_2 = result["rounds"][2]
     assert round_2["metrics"]["weights_remaining"]["delta"] == pytest.approx(0.49 - 0.64, abs=0.01)
@@ -76,11 +77,11 @@ def test_list_and_show(two_lineages, capsys):
     shown = json.loads(run_cli(capsys, "--params", str(paths_params(hp)), "lineage", "show", ids[0.3][:12], "--json"))
     assert [r["round"] for r in shown["rounds"]] == [0, 1, 2]
     assert shown["rounds"][2]["weights_remaining"] == pytest.approx(0.49, abs=0.01)
-    found = store(hp).find(ids[0.3])
-    by_hash = store(hp).find(found.parent.data.tags["lottery.lineage"][:8])
+    found = catalog(hp).find(ids[0.3])
+    by_hash = catalog(hp).find(found.parent.data.tags["lottery.lineage"][:8])
     assert by_hash.parent.info.run_id == ids[0.3]
-    with pytest.raises(lineage.LineageError, match="no lineage has that"):
-        store(hp).find("nonexistent")
+    with pytest.raises(LineageError, match="no lineage has that"):
+        catalog(hp).find("nonexistent")
 
 
 def test_an_unknown_lineage_is_a_one_line_error(two_lineages, capsys):

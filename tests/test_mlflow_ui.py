@@ -17,7 +17,8 @@ from html.parser import HTMLParser
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lottery import hparams, mlflow_view, paths, pipeline, records, report, tracking, validation
+from lottery import hparams, mlflow_connection, mlflow_view, paths, pipeline, records, report, tracking, validation
+from lottery.runs import CONTROL_TAG, KIND_TAG, ROUND_TAG, RunIndex
 from lottery.io import read_json
 from tests.conftest import TINY, default_params, store_view, with_overrides
 from tests.test_plots_offline import chromium
@@ -114,11 +115,11 @@ def test_a_long_description_is_stored_whole_and_published_once(workdir, make_hp)
     hp, text = make_hp(), mlflow_view.description(long_summary(80), [compression(r) for r in range(1, 81)])
     record = records.Record(records.LINEAGE, tags={mlflow_view.DESCRIPTION_TAG: text})
     tracking.publish(hp, record)
-    store = tracking.Store(hp, tracking.tracking_uri(hp.tracking))
-    run = store.client.get_run(store.run_id(records.LINEAGE, create=False))
+    index = RunIndex(hp, mlflow_connection.tracking_uri(hp.tracking))
+    run = index.client.get_run(index.run_id(records.LINEAGE, create=False))
     assert run.data.tags[mlflow_view.DESCRIPTION_TAG] == text
     tracking.publish(hp, record)
-    assert store.client.get_run(run.info.run_id).data.tags == run.data.tags  # nothing re-logged, not even a tag
+    assert index.client.get_run(run.info.run_id).data.tags == run.data.tags  # nothing re-logged, not even a tag
 
 
 # --- the UI, in a browser ---------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def served(tmp_path_factory, mnist_root):
 
 
 def by_branch(runs):
-    tags = (tracking.KIND_TAG, tracking.ROUND_TAG, tracking.CONTROL_TAG)
+    tags = (KIND_TAG, ROUND_TAG, CONTROL_TAG)
     return {tuple(run.data.tags.get(tag) for tag in tags): run for run in runs}
 
 
@@ -241,7 +242,7 @@ def test_every_branch_run_holds_what_a_chart_of_accuracy_against_weights_needs(s
 def test_publishing_again_through_the_server_logs_nothing(served):
     """Last: it syncs into the served store (which the pages above only read)."""
     served["patch"].setenv("MLFLOW_TRACKING_URI", served["server"].url)
-    tracking.forget_probe(served["server"].url)
+    mlflow_connection.forget_probe(served["server"].url)
     hp, client, experiment = served["hp"], served["client"], served["experiment"]
     before, uploaded = store_view(served["server"].url, hp.tracking.experiment), artifact_files(served["base"])
     pipeline.sync(hp)

@@ -9,7 +9,7 @@ import mlflow.pytorch
 import pytest
 import torch
 
-from lottery import checkpoints, hparams, identity, masks, paths, pipeline, provenance, report, tracking
+from lottery import checkpoints, hparams, identity, masks, mlflow_connection, paths, pipeline, provenance, report
 from lottery.pruning import driver
 
 
@@ -217,7 +217,7 @@ def test_an_unreachable_tracking_server_costs_a_warning_not_the_outputs(workdir,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
     # A fresh outage: another test of this worker process may have given up on this URI already,
     # and then the process would stay silent about it.
-    tracking.forget_probe("http://127.0.0.1:9")
+    mlflow_connection.forget_probe("http://127.0.0.1:9")
     hp = make_hp(**{"rounds": {"1": {"prev": 0}}})
     pipeline.run_lineage(hp)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: MLflow")]

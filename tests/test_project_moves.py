@@ -13,7 +13,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lottery import hparams, tracking
+from lottery import hparams, mlflow_connection
 from tests.conftest import dvc_project, sh, tiny_params
 
 DEFAULT_STORE = {"MLFLOW_TRACKING_URI": None}  # the project's own: mlflow.db at its root
@@ -149,7 +149,7 @@ def test_every_location_the_store_records_follows_it(tmp_path, monkeypatch, caps
     (made_in / "mlruns" / "lottery").mkdir(parents=True, exist_ok=True)
     made_in.rename(moved)
     uri = f"sqlite:///{moved / 'mlflow.db'}"
-    with tracking.opened(uri, "lottery") as client:
+    with mlflow_connection.opened(uri, "lottery") as client:
         assert client.get_run(run.info.run_id).info.artifact_uri == f"{moved}/mlruns/lottery/{run.info.run_id}/artifacts"
         assert client.get_logged_model(model.model_id).artifact_location.startswith(f"{moved}/mlruns/lottery/models/")
         assert client.get_model_version_download_uri("ticket", version.version).startswith(f"{moved}/mlruns/lottery/")
@@ -164,6 +164,6 @@ def test_every_location_the_store_records_follows_it(tmp_path, monkeypatch, caps
 def test_an_experiment_whose_artifacts_are_not_in_an_mlruns_folder_is_left_as_it_is(tmp_path, capsys):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client.create_experiment("lottery", artifact_location="/srv/shared-artifacts/lottery")
-    with tracking.opened(f"sqlite:///{tmp_path / 'mlflow.db'}", "lottery") as client:
+    with mlflow_connection.opened(f"sqlite:///{tmp_path / 'mlflow.db'}", "lottery") as client:
         assert client.get_experiment_by_name("lottery").artifact_location == "/srv/shared-artifacts/lottery"
     assert "MLflow: " not in capsys.readouterr().err

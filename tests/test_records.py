@@ -8,7 +8,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from lottery import deps, io, lineage, paths, pipeline, provenance, records, tracking, validation
+from lottery import deps, hparams, io, lineage_catalog, mlflow_connection, paths, pipeline, provenance, records, reproduce, tracking, validation
 from tests.conftest import PROJECT, TINY, default_params, run_stage, store_view, with_overrides
 
 
@@ -116,13 +116,13 @@ def test_a_lineage_is_named_by_its_params_and_its_code(tmp_path, make_hp):
 def test_reproduce_names_what_differs_when_a_result_does_not_match(lineage_hp, workdir):
     for name in ("lottery", "stages"):  # the code the lineage ran, as reproduce's worktree holds it
         (workdir / name).symlink_to(PROJECT / name)
-    store = lineage.Store(uri(workdir), lineage_hp.tracking.experiment)
-    recorded = store.find(tracking.run_ids(lineage_hp)["parent_run_id"])
+    catalog = lineage_catalog.LineageCatalog(uri(workdir), lineage_hp.tracking.experiment)
+    recorded = catalog.find(tracking.run_ids(lineage_hp)["parent_run_id"])
     # A lineage run from uncommitted code says so (this checkout may have some while tests run).
-    dirty = recorded.parent.data.tags[tracking.DIRTY_TAG] == "true"
-    context = [entry for entry in lineage.differences(recorded, workdir, lineage_hp) if entry["what"] == "uncommitted code"]
+    dirty = recorded.parent.data.tags[provenance.DIRTY_TAG] == "true"
+    context = [entry for entry in reproduce.differences(recorded, workdir, lineage_hp) if entry["what"] == "uncommitted code"]
     assert len(context) == dirty
-    same = lineage.compare(recorded, workdir, lineage_hp)
+    same = reproduce.compare(recorded, workdir, lineage_hp)
     assert same["match"] and same["differences"] == context
     log = io.read_json(paths.training_log(2))
     log["environment"]["threads"] += 7
@@ -130,7 +130,7 @@ def test_reproduce_names_what_differs_when_a_result_does_not_match(lineage_hp, w
     metrics = io.read_json(paths.round_metrics(2))
     metrics["test_accuracy_at_early_stop"] += 0.01
     io.write_json(paths.round_metrics(2), metrics)
-    changed = lineage.compare(recorded, workdir, lineage_hp)
+    changed = reproduce.compare(recorded, workdir, lineage_hp)
     assert not changed["match"]
     assert [c["what"] for c in changed["checks"] if not c["match"]] == ["test_accuracy_at_early_stop"]
     threads = str(log["environment"]["threads"])
@@ -144,10 +144,10 @@ def test_an_unreachable_store_is_probed_once_and_the_answer_reused(tmp_path, mon
 
     with BlackHole() as hole:
         try:
-            first, second = tracking.probe(hole.url), tracking.probe(hole.url)
+            first, second = mlflow_connection.probe(hole.url), mlflow_connection.probe(hole.url)
             assert first == second and first[0] is False and "no answer from" in first[1]
             assert hole.accepted == 1  # the second call reused the first answer
-            assert not tracking.probe(hole.url, fresh=True)[0] and hole.accepted == 2
+            assert not mlflow_connection.probe(hole.url, fresh=True)[0] and hole.accepted == 2
         finally:
-            tracking.forget_probe(hole.url)
-    assert tracking.probe("sqlite:///anything.db") == (True, "")
+            mlflow_connection.forget_probe(hole.url)
+    assert mlflow_connection.probe("sqlite:///anything.db") == (True, "")

@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from lottery import channels, data, lineage, masks, replicates, stage
+from lottery import channels, data, lineage_catalog, masks, replicates, stage
 from lottery.pruning import rates
 from lottery.errors import MissingInput
 from lottery.errors import ParamsError
@@ -19,7 +19,7 @@ USER_ERRORS = [
     masks.MaskError("mask['w'] has shape (2,), the weight (3,)"),
     data.DataError("data/mnist/MNIST/raw/t10k-images-idx3-ubyte: missing dataset file"),
     MissingInput("models/round_1/trained.pt"),
-    lineage.LineageError("'x': no lineage has that run id"),
+    lineage_catalog.LineageError("'x': no lineage has that run id"),
     replicates.ReplicateError("seed 1: round 2 has no results in MLflow"),
 ]
 

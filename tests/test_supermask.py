@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import checkpoints, data, identity, lineage, masks, paths, pipeline, supermask, validation, weight_agnostic
+from lottery import checkpoints, data, identity, lineage, lineage_catalog, masks, paths, pipeline, supermask, validation, weight_agnostic
 from lottery.models import catalog
 from lottery.errors import ParamsError
 from lottery.pruning import driver, rates, selection
@@ -252,7 +252,7 @@ def test_a_supermask_lineage_logs_the_weight_agnostic_accuracies_to_mlflow(super
     assert run.data.params["prune.strategy"] == "edge_popup"
     # `lottery lineage show` reads them back from the store.
     parent = json.loads(paths.lineage_file().read_text())["parent_run_id"]
-    found = lineage.Store(mlflow.get_tracking_uri(), supermask_lineage.tracking.experiment).find(parent)
+    found = lineage_catalog.LineageCatalog(mlflow.get_tracking_uri(), supermask_lineage.tracking.experiment).find(parent)
     shown = {row["round"]: row for row in lineage.round_table(found)}
     assert shown[2]["weight_agnostic_best_accuracy"] == metrics["weight_agnostic_best_accuracy"]
 

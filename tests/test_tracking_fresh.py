@@ -10,7 +10,8 @@ import time
 import pytest
 import yaml
 
-from lottery import hparams, lineage, records, tracking, validation
+from lottery import hparams, lineage_catalog, mlflow_connection, publishing, records, tracking, validation
+from lottery.runs import RunIndex
 from lottery.io import read_json
 from tests.conftest import reproduced_repo, sh, store_view
 
@@ -19,8 +20,8 @@ ROUND = records.branch_run(1)
 
 def logged(hp, run):
     """The lineage's `run`: its client and run id."""
-    store = tracking.Store(hp, tracking.tracking_uri(hp.tracking))
-    return store.client, store.run_id(run, create=False)
+    runs = RunIndex(hp, mlflow_connection.tracking_uri(hp.tracking))
+    return runs.client, runs.run_id(run, create=False)
 
 
 def histories(hp, run):
@@ -84,7 +85,7 @@ def test_an_artifact_is_uploaded_when_its_bytes_change_and_only_then(workdir, ma
     tracking.publish(hp, record)
     client, run_id = logged(hp, ROUND)
     assert open(client.download_artifacts(run_id, "report.json", str(workdir / "down"))).read() == '{"latency": 2.0}'
-    digest = client.get_run(run_id).data.tags[f"{tracking.ARTIFACT_DIGEST_TAG}report.json"]
+    digest = client.get_run(run_id).data.tags[f"{publishing.ARTIFACT_DIGEST_TAG}report.json"]
     assert digest == hashlib.sha256(b'{"latency": 2.0}').hexdigest()
     changed = {path for path, stat in artifact_files(workdir).items() if uploaded.get(path) != stat}
     assert [path.rsplit("/", 1)[1] for path in changed] == ["report.json"]
@@ -99,11 +100,11 @@ def repo(tmp_path_factory, mnist_root):
         yield repo
 
 
-def project_store(repo):
+def project_catalog(repo):
     hp = validation.load(repo / "params.yaml")
-    store = lineage.Store(f"sqlite:///{repo / 'mlflow.db'}", hp.tracking.experiment)
-    (parent,) = store.parents()
-    return store, store.load(parent)
+    catalog = lineage_catalog.LineageCatalog(f"sqlite:///{repo / 'mlflow.db'}", hp.tracking.experiment)
+    (parent,) = catalog.parents()
+    return catalog, catalog.load(parent)
 
 
 def test_an_identical_rerun_logs_nothing(repo):
@@ -116,20 +117,20 @@ def test_an_identical_rerun_logs_nothing(repo):
 
 
 def test_a_re_measured_latency_becomes_the_latest_value(repo):
-    store, found = project_store(repo)
+    catalog, found = project_catalog(repo)
     run_id = found.branches[(1, None)].info.run_id
     key = "compression.compact.latency_ms_batch_64"
-    measured = store.client.get_run(run_id).data.metrics[key]
+    measured = catalog.client.get_run(run_id).data.metrics[key]
     sh(repo, "dvc", "repro", "-f", "--downstream", "compact@1")  # compact@1 measures again; report follows
     report = read_json(repo / "metrics" / "compression" / "round_1.json")
     assert report["compact"]["latency_ms_batch_64"] != measured
-    now = store.client.get_run(run_id).data.metrics
+    now = catalog.client.get_run(run_id).data.metrics
     expected = dict(records.numeric_metrics({"compression": report}))
     assert {k: now[k] for k in expected} == expected
-    assert [value for _, value in sorted((m.timestamp, m.value) for m in store.client.get_metric_history(run_id, key))] == [
+    assert [value for _, value in sorted((m.timestamp, m.value) for m in catalog.client.get_metric_history(run_id, key))] == [
         measured, report["compact"]["latency_ms_batch_64"]
     ]
-    uploaded = store.client.download_artifacts(run_id, "round_1.json", str(repo / "downloaded"))
+    uploaded = catalog.client.download_artifacts(run_id, "round_1.json", str(repo / "downloaded"))
     assert open(uploaded, "rb").read() == (repo / "metrics" / "compression" / "round_1.json").read_bytes()
 
 
@@ -139,7 +140,7 @@ def test_changed_weight_agnostic_values_become_the_latest_values(repo):
     params["weight_agnostic"]["values"] = [-1.5, 0.75]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(repo, "dvc", "repro")
-    store, found = project_store(repo)  # the same lineage: these values do not name it
+    catalog, found = project_catalog(repo)  # the same lineage: these values do not name it
     for round_ in (0, 1):
         run = found.branches[(round_, None)]
         written = read_json(repo / "metrics" / "rounds" / f"round_{round_}.json")
@@ -152,5 +153,5 @@ def test_changed_weight_agnostic_values_become_the_latest_values(repo):
         assert found.metrics(round_)["weight_agnostic_mean_accuracy"] == written["weight_agnostic_mean_accuracy"]
     tags = found.parent.data.tags
     assert tags[f"{records.SETTING_TAG}weight_agnostic.values"] == "[-1.5, 0.75]"
-    shown = store.client.download_artifacts(found.parent.info.run_id, records.PARAMS_ARTIFACT, str(repo / "downloaded"))
+    shown = catalog.client.download_artifacts(found.parent.info.run_id, records.PARAMS_ARTIFACT, str(repo / "downloaded"))
     assert yaml.safe_load(open(shown))["weight_agnostic"]["values"] == [-1.5, 0.75]

@@ -28,7 +28,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from lottery import identity, paths, pipeline, provenance, records, tracking
+from lottery import identity, paths, pipeline, provenance, records
+from lottery.runs import KIND_TAG, LINEAGE_TAG, ROUND_TAG
 
 START_TIMEOUT_S = 90  # a healthy server answers in ~10 s; this machine may be shared and slow
 STOP_GRACE_S = 5
@@ -246,13 +247,13 @@ def test_a_lineage_logged_through_the_server(server, workdir, make_hp, monkeypat
     assert version.tags["lottery.round"] == "2" and version.tags["lottery.lineage"] == provenance.lineage_id(hp)
     experiment = client.get_experiment_by_name(hp.tracking.experiment)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get(tracking.KIND_TAG) == "lineage"]
-    children = [r for r in runs if r.data.tags.get(tracking.KIND_TAG) == "round"]
+    parents = [r for r in runs if r.data.tags.get(KIND_TAG) == "lineage"]
+    children = [r for r in runs if r.data.tags.get(KIND_TAG) == "round"]
     assert len(parents) == 1
     parent = parents[0]
-    assert parent.data.tags[tracking.LINEAGE_TAG] == provenance.lineage_id(hp)
+    assert parent.data.tags[LINEAGE_TAG] == provenance.lineage_id(hp)
     assert parent.data.params == {key: str(value) for key, value in records.flatten(identity.of(hp)).items()}
-    by_round = {int(r.data.tags[tracking.ROUND_TAG]): r for r in children}
+    by_round = {int(r.data.tags[ROUND_TAG]): r for r in children}
     assert len(children) == len(by_round) and sorted(by_round) == [0, 1, 2]
     for round_, run in by_round.items():
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id

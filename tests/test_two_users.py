@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from lottery import hparams, warm
+from lottery import hparams, warm_worker
 from tests.conftest import PROJECT, dvc_project, tiny_params
 from tests.test_tracking_server import free_port
 from tests.test_warm import wait_for_socket
@@ -150,7 +150,7 @@ def lineage_of_b(user_b, tmp_path_factory, mnist_root):
             first = machine.as_a([sys.executable, "-m", "stages.validate"], project_a)  # starts A's worker
             assert first.returncode == 0, first.stderr
             wait_for_socket(machine.socket_of_a())
-            probed = machine.as_a([sys.executable, "-c", f"from lottery import tracking; tracking.probe({machine.tracking_uri!r})"], PROJECT)
+            probed = machine.as_a([sys.executable, "-c", f"from lottery import mlflow_connection; mlflow_connection.probe({machine.tracking_uri!r})"], PROJECT)
             assert probed.returncode == 0, probed.stderr
             [answer_a] = [path for folder in machine.tmp.glob("lottery-tracking-probes*") for path in folder.iterdir()]
             answer_a.write_text(json.dumps({**json.loads(answer_a.read_text()), "at": time.time() - 600}))
@@ -210,7 +210,7 @@ def test_neither_user_reaches_the_other_users_worker(lineage_of_b, user_b):
         connection.settimeout(30)
         try:
             socket.send_fds(connection, [json.dumps(request).encode()], [nothing.fileno()] * 3)
-            reply = connection.recv(warm.MESSAGE_LIMIT)
+            reply = connection.recv(warm_worker.MESSAGE_LIMIT)
         except (BrokenPipeError, ConnectionResetError):  # closed before the request came, or with it unread
             reply = b""
         assert reply == b""  # no stage started: a worker's first reply is the stage's pid
@@ -236,7 +236,7 @@ def test_a_stage_sends_nothing_to_a_socket_that_another_user_listens_on(lineage_
         connection, _ = listener.accept()
         with connection:
             connection.settimeout(30)
-            received.append(connection.recv(warm.MESSAGE_LIMIT))
+            received.append(connection.recv(warm_worker.MESSAGE_LIMIT))
 
     listening = threading.Thread(target=listen, daemon=True)
     listening.start()

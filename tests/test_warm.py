@@ -1,6 +1,6 @@
-"""The warm worker (lottery/warm.py), with real processes: a stage script in a copy of the project
-runs in a fork of the worker, sees its own code, environment and streams, leaves nothing behind
-for the next stage, and ends as a stage run in its own process would."""
+"""The warm worker (lottery/warm.py, warm_worker.py, warm_status.py), with real processes: a stage
+script in a copy of the project runs in a fork of the worker, sees its own code, environment and
+streams, leaves nothing behind for the next stage, and ends as a stage run in its own process would."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lottery import warm
+from lottery import warm, warm_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = """\
@@ -216,7 +216,7 @@ def test_an_idle_worker_stops_by_itself_and_its_stages_then_run_on_their_own(pro
     path = worker_path(env)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     # The worker's own loop, without the libraries (loading them takes seconds and is not the point).
-    serving = "import sys; from lottery import warm; warm.PRELOADED = (); warm.serve(sys.argv[1], 1)"
+    serving = "import sys; from lottery import warm_worker; warm_worker.PRELOADED = (); warm_worker.serve(sys.argv[1], 1)"
     worker = subprocess.Popen([sys.executable, "-c", serving, path], cwd=project, env=env)
     assert _within(30, lambda: os.path.exists(path)), "the worker never listened"
     assert report(stage(project, env, "ok"))["in_worker"] is True
@@ -236,8 +236,8 @@ def test_a_worker_still_loading_serves_a_stage_between_two_imports(project, tmp_
             f"import os, time\nwhile not os.path.exists({str(tmp_path / name)!r}):\n    time.sleep(0.05)\n"
         )
     serving = (
-        "import sys; from lottery import warm; warm.PRELOADED = ('preload_probe_first', 'preload_probe_second'); "
-        "warm.serve(sys.argv[1], 30)"
+        "import sys; from lottery import warm_worker; warm_worker.PRELOADED = ('preload_probe_first', 'preload_probe_second'); "
+        "warm_worker.serve(sys.argv[1], 30)"
     )
     worker = subprocess.Popen([sys.executable, "-c", serving, path], cwd=project, env={**env, "PYTHONPATH": str(tmp_path)})
     try:
@@ -292,8 +292,8 @@ def test_a_worker_folder_that_another_user_owns_is_never_used(tmp_path):
     theirs = tmp_path / "theirs"
     theirs.mkdir(mode=0o700)
     os.chown(theirs, 65534, 65534)
-    assert f"{theirs}: belongs to user 65534" in warm._not_private(str(theirs))
-    assert warm._not_private(str(tmp_path / "mine")) == ""  # made, with this user as its owner
+    assert f"{theirs}: belongs to user 65534" in warm_worker.not_private(str(theirs))
+    assert warm_worker.not_private(str(tmp_path / "mine")) == ""  # made, with this user as its owner
     assert (tmp_path / "mine").stat().st_mode & 0o777 == 0o700
 
 
@@ -317,7 +317,7 @@ def test_a_worker_folder_that_others_can_enter_is_refused_and_the_stage_runs_alo
     assert list(open_folder.iterdir()) == []  # and no worker started there
     # A worker started by hand refuses the folder too.
     path = worker_path(env)
-    serving = "import sys; from lottery import warm; warm.PRELOADED = (); warm.serve(sys.argv[1], 30)"
+    serving = "import sys; from lottery import warm_worker; warm_worker.PRELOADED = (); warm_worker.serve(sys.argv[1], 30)"
     worker = subprocess.run([sys.executable, "-c", serving, path], cwd=project, env=env, capture_output=True, text=True, timeout=60)
     assert worker.stdout == f"refused: {open_folder}: mode 0755, must be 0700 (chmod 700 {open_folder})\n"
     assert list(open_folder.iterdir()) == []
@@ -357,10 +357,10 @@ def test_lottery_warm_status_names_the_worker_and_stop_ends_it():
     found = json.loads(lottery_warm(env, "status", "--json"))
     pid = found["pid"]
     arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    assert str(ROOT / "lottery" / "warm.py").encode() in arguments and path.encode() in arguments
+    assert str(ROOT / "lottery" / "warm_worker.py").encode() in arguments and path.encode() in arguments
     assert found["log"] == f"{path}.log" and found["state"] == "listening"
     assert started - 1 < found["since"] < time.time()
-    assert found["idle_seconds"] == float(env.get("LOTTERY_WARM_IDLE", warm.DEFAULT_IDLE_SECONDS))
+    assert found["idle_seconds"] == float(env.get("LOTTERY_WARM_IDLE", warm_worker.DEFAULT_IDLE_SECONDS))
     text = lottery_warm(env, "status").splitlines()
     assert text[0].startswith(f"warm worker {pid}, listening since ") and text[-1] == f"log:    {path}.log"
     assert lottery_warm(env, "stop").splitlines()[0].startswith(f"stopped warm worker {pid}, ")
