@@ -562,12 +562,13 @@ class Hparams:
         self._check_factorized_rounds()
 
     def _check_factorized_rounds(self):
-        from lottery import factorize, pruning
+        from lottery import pruning
+        from lottery.factorize import plans
 
         model = self._model()
         target = pruning.kept_weights(self.prune, model, self.rounds, seed=0)
         try:
-            factorize.matched_ranks(model, target)
+            plans.matched_ranks(model, target)
         except ValueError as err:
             raise ParamsError(f"prune.rate = {self.prune.rate}: round {self.rounds}'s ticket keeps {err}") from None
 
