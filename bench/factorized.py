@@ -61,10 +61,11 @@ from arms import (
 )
 from structured_fmnist import ROOT, copy_dense_run, enter_workspace, interleaved_latency, parse_seeded_args
 
-from lottery import channels, checkpoints, compression, data, factorize, hparams, identity, masks  # noqa: E402
-from lottery.models import catalog  # noqa: E402
-from lottery import paths, pipeline, records, report, tracking, validation  # noqa: E402
-from lottery.pruning import driver  # noqa: E402
+from lottery import channels, checkpoints, compression, data, hparams, identity, masks, models, paths, pipeline, validation  # noqa: E402
+from lottery.pruning import driver
+from lottery.models import catalog
+from lottery.factorize import layers, plans  # noqa: E402
+from lottery import records, report, tracking  # noqa: E402
 from lottery.io import read_json, write_json, write_text  # noqa: E402
 
 RATIOS = (0.10, 0.05, 0.02)
@@ -141,7 +142,7 @@ def weight_counts(model):
     """(all Linear/Conv2d weights, the output layer's)."""
     weights = dict(model.named_parameters())
     output = sum(weights[name].numel() for name, kind in model.prunable_kinds().items() if kind == "output")
-    return factorize.stored_weights(model, {}), output
+    return plans.stored_weights(model, {}), output
 
 
 def pooled_rate(model, current, target):
@@ -278,7 +279,7 @@ def slimming_rate(hp, trained, target):
 
     def stored(rate):
         mask = driver.prune(dataclasses.replace(hp.prune, rate=rate), trained, masks.ones(trained), seed=hp.seed + 1)
-        return factorize.stored_weights(channels.compact(trained, mask), {})
+        return plans.stored_weights(channels.compact(trained, mask), {})
 
     low, high = 0.0, 0.999
     if stored(high) > target:
@@ -343,11 +344,11 @@ def full_width_latency():
     Fashion-MNIST's input: dense, and factorized at each ratio, interleaved. Latency depends on
     the shapes alone, so no training is needed to time the width the benchmark cannot train here."""
     dense = catalog.build("vgg11", (1, 28, 28), 10, seed=0, width=1.0).eval()
-    total = factorize.stored_weights(dense, {})
+    total = plans.stored_weights(dense, {})
     timed = {"dense": dense}
     for ratio in RATIOS:
-        _, ranks = factorize.matched_ranks(dense, round(ratio * total))
-        timed[f"factorized {100 * ratio:g}%"] = factorize.factorize(copy.deepcopy(dense), ranks).eval()
+        _, ranks = plans.matched_ranks(dense, round(ratio * total))
+        timed[f"factorized {100 * ratio:g}%"] = layers.factorize(copy.deepcopy(dense), ranks).eval()
     return interleaved_latency(timed, LATENCY_ROUNDS, passes=5)
 
 

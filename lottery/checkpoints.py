@@ -3,7 +3,7 @@
 `model` describes the architecture: the registry name, input shape, classes and width, the init
 its fresh weights are drawn by (absent: Glorot), and for a compact model the channels of every
 layer (lottery.channels.shapes), and for a factorized model the rank of each factorized layer
-(lottery.factorize.ranks). A sparse checkpoint stores
+(lottery.factorize.layers.ranks). A sparse checkpoint stores
 its masked tensors as bitmask + kept values (lottery.compression.pack_state).
 
 A checkpoint holds only what determines it (weights, architecture, round, iteration and the files
@@ -11,8 +11,9 @@ it came from), so its bytes are the same wherever and whenever the same weights 
 params that made it are in dvc.lock (per stage) and in the lineage's MLflow runs.
 """
 
-from lottery import channels, compression, factorize
+from lottery import channels, compression, models
 from lottery.models import catalog
+from lottery.factorize import layers
 from lottery.io import load_torch, save_torch
 
 
@@ -20,7 +21,7 @@ def save(path, model, *, spec, round_, iteration, parents, sparse_mask=None):
     """`parents`: the files these weights were derived from, so any checkpoint traces its lineage.
     `sparse_mask`: store the masked tensors sparsely, so the file shrinks with the weights remaining."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    ranks = factorize.ranks(model)
+    ranks = layers.ranks(model)
     if ranks:  # the architecture saved is the factorized one, whatever spec it came from
         spec = {**spec, "ranks": ranks}
     payload = {
@@ -63,7 +64,7 @@ def build(spec, seed=0, fans=None):
     )
     if "channels" in spec:
         channels.resize(model, spec["channels"])
-    return factorize.restructure(model, spec.get("ranks", {}))
+    return layers.restructure(model, spec.get("ranks", {}))
 
 
 def build_for_mask(spec, seed, mask):
@@ -71,9 +72,9 @@ def build_for_mask(spec, seed, mask):
     narrower architecture, and each layer's init sees that architecture's fans (its kept
     channels): Liu et al. train a pruned architecture from its own standard init. A weight mask
     leaves the architecture as it is, and a factorized one (lottery.factorize) is drawn dense, to be
-    factorized by lottery.factorize.to_mask."""
+    factorized by lottery.factorize.layers.to_mask."""
     model = build(spec, seed=seed)
-    if factorize.ranks_of_mask(mask) or not channels.is_channel_mask(model, mask):
+    if layers.ranks_of_mask(mask) or not channels.is_channel_mask(model, mask):
         return model
     return build(spec, seed=seed, fans=channels.kept_fans(model, mask))
 

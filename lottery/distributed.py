@@ -212,6 +212,11 @@ def own_rows(batch_size):
     return slice(rank() * size, (rank() + 1) * size)
 
 
+def for_training(model, device):
+    """`model` as the training loop runs it: `wrap`ped in a process group of several ranks, else itself."""
+    return wrap(model, device) if active() else model
+
+
 def wrap(model, device):
     """`model` for training on every rank: one DistributedDataParallel over a module tree that
     shares each parameter, buffer and BatchNorm-free module with `model`, its BatchNorm layers
@@ -238,6 +243,14 @@ def sum_over_ranks(values):
     if active():
         torch.distributed.all_reduce(values)
     return values
+
+
+def sum_numbers(numbers, device):
+    """Python numbers summed over every rank (in float64, exchanged on `device`); in one process,
+    the numbers themselves."""
+    if not active():
+        return numbers
+    return sum_over_ranks(torch.tensor(numbers, dtype=torch.float64, device=device)).tolist()
 
 
 def rank0_decides(flag, device):

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import torch
 
 from lottery import channels, masks
+from lottery.callbacks import Callback
 from lottery.errors import ParamsError
-from lottery.pruning import driver
 from lottery.io import atomic_path
+from lottery.pruning import driver
 
 
 def channel_vector(model, mask):
@@ -97,6 +98,24 @@ class Search:
     def load_state_dict(self, state):
         self.history, self.distances, self.found_epoch = list(state["history"]), list(state["distances"]), state["found_epoch"]
         self._recent = deque((vector.clone() for vector in self.history[-self.queue :]), maxlen=self.queue)
+
+
+class SearchCallback(Callback):
+    """The search as a training-loop plug-in: at each epoch's end it observes the channel mask that
+    pruning with `prune_hp` and `seed` would draw now (`draw`), and stops training once the ticket
+    has emerged. In-round saves carry the search's state."""
+
+    def __init__(self, search, prune_hp, seed):
+        self.search, self.prune_hp, self.seed = search, prune_hp, seed
+
+    def at_epoch_end(self, model, epoch):
+        return self.search.observe(draw(model, self.prune_hp, self.seed))
+
+    def state_dict(self):
+        return self.search.state_dict()
+
+    def load_state_dict(self, state):
+        self.search.load_state_dict(state)
 
 
 def distance_matrix(history):

@@ -2,10 +2,11 @@
 
 The data order is a function of (seed, iteration) alone, so a run resumed at iteration k
 (late rewinding) sees exactly the batches the dense run saw from k on, and data-parallel ranks
-(lottery.distributed) each take a fixed slice of those same batches.
+(lottery.distributed) each take a fixed slice of those same batches. Whatever else a run does
+(a snapshot, a penalty's gradient, a search that stops it) comes in as plug-ins
+(lottery.callbacks), which the loop calls in the order it is given them.
 """
 
-import copy
 import dataclasses
 import os
 import sys
@@ -15,10 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lottery import devices, distributed, factorize
+from lottery import devices, distributed
 from lottery.data import batches
-from lottery.errors import ParamsError
-from lottery.models.base import batchnorm_scales
 
 # Examples per evaluation forward pass. The loss is summed per batch, so this size fixes how the
 # float sums round: changing it changes the metrics' last bits.
@@ -31,8 +30,7 @@ class TrainResult:
     # accuracy where the test split was measured (train.test_curve): always at the early stop
     # and at the end.
     curve: list
-    snapshot: dict  # state dict at `snapshot_at`, or None
-    iterations: int  # where training ended: train.iterations, or earlier if `at_epoch_end` stopped it
+    iterations: int  # where training ended: train.iterations, or earlier if a plug-in stopped it
     device: torch.device  # where it trained
     processes: int = 1  # data-parallel ranks that trained it
 
@@ -61,11 +59,10 @@ def learning_rate(train_hp, iteration):
     return train_hp.lr * warmup * decay
 
 
-def make_optimizer(train_hp, model, frobenius_decay=False):
-    """Adam or SGD over the model's parameters, with `train.weight_decay` as L2 on each of them,
-    except on the factors of factorized layers when `frobenius_decay` takes its place there
-    (training.train adds its gradient)."""
-    params = parameter_groups(train_hp.weight_decay, model, frobenius_decay)
+def make_optimizer(train_hp, model, exempt=()):
+    """Adam or SGD over the model's parameters, with `train.weight_decay` as L2 on each of them
+    but the `exempt` ones, whose decay a plug-in replaces (Callback.exempt_from_weight_decay)."""
+    params = parameter_groups(train_hp.weight_decay, model, exempt)
     if train_hp.optimizer == "adam":
         # The fused kernel is faster here for dense nets (1,060 vs 850 it/s for LeNet on two
         # cores) and for sparse ones, where the default kernel's sqrt is ~10x slower on the
@@ -74,24 +71,12 @@ def make_optimizer(train_hp, model, frobenius_decay=False):
     return torch.optim.SGD(params, lr=train_hp.lr, momentum=train_hp.momentum)
 
 
-def parameter_groups(weight_decay, model, frobenius_decay):
+def parameter_groups(weight_decay, model, exempt):
     if not weight_decay:
         return model.parameters()
-    factors = factorize.factor_parameters(model) if frobenius_decay else []
-    chosen = {id(param) for param in factors}
+    chosen = {id(param) for param in exempt}
     groups = [{"params": [p for p in model.parameters() if id(p) not in chosen], "weight_decay": weight_decay}]
-    return groups + ([{"params": factors, "weight_decay": 0.0}] if factors else [])
-
-
-@torch.no_grad()
-def add_batchnorm_l1_gradient(scales, strength):
-    """Add the subgradient of Network Slimming's sparsity term `strength`·Σ|γ| to each γ's
-    gradient: `strength`·sign(γ), 0 where γ = 0. The term drives the γ of unneeded channels
-    towards zero so a global threshold can remove them. Added after backward rather than built
-    into the loss, it costs no graph, and the gradient is the same float32 numbers: autograd
-    too adds (float32 `strength`)·sign(γ) to the loss's gradient, in one rounding."""
-    for gamma in scales:
-        gamma.grad.add_(torch.sign(gamma), alpha=strength)
+    return groups + ([{"params": list(exempt), "weight_decay": 0.0}] if exempt else [])
 
 
 def evaluate(model, split):
@@ -112,9 +97,7 @@ def evaluate(model, split):
             correct.append((logits.argmax(1) == labels).sum())
         loss = sum(torch.stack(losses).tolist(), 0.0) if losses else 0.0
         right = int(torch.stack(correct).sum()) if correct else 0
-    if distributed.active():
-        totals = distributed.sum_over_ranks(torch.tensor([loss, right], dtype=torch.float64, device=split.x.device))
-        loss, right = totals[0].item(), int(totals[1].item())
+    loss, right = distributed.sum_numbers([loss, right], split.x.device)
     model.train()
     return loss / len(split), right / len(split)
 
@@ -123,30 +106,15 @@ def iterations_per_epoch(train_hp, splits):
     return len(splits.train) // train_hp.batch_size
 
 
-def train(
-    model,
-    mask,
-    splits,
-    train_hp,
-    seed,
-    start_iteration=0,
-    snapshot_at=None,
-    at_epoch_end=None,
-    frobenius_decay=False,
-    saves=None,
-    stateful=(),
-):
+def train(model, mask, splits, train_hp, seed, start_iteration=0, callbacks=(), saves=None):
     """Train `model` in place from `start_iteration` to `train_hp.iterations`.
 
     Pruned weights (mask False) must be zero on entry; they get zero gradient, so they stay
-    exactly zero through every step. `snapshot_at`: also return the state dict after that
-    many iterations (late rewinding). `at_epoch_end(model, epoch)` runs after each full epoch
-    (1, 2, ...); when it returns True, training stops there (Early-Bird). `frobenius_decay`: the
-    factors of factorized layers decay as (λ/2)‖UVᵀ‖²_F (λ = train.weight_decay), not as plain L2.
+    exactly zero through every step. `callbacks` (lottery.callbacks.Callback): the plug-ins, each
+    hook called in list order; one whose `at_epoch_end` returns True stops training there.
 
     `saves` (lottery.resume.InRoundSaves): resume from its save when there is one, save the whole
-    state when it is due and when training ends. `stateful`: objects the save also carries
-    (`state_dict()` / `load_state_dict(state)`), such as the Early-Bird search `at_epoch_end` feeds.
+    state (the plug-ins' `state_dict` too) when it is due and when training ends.
 
     In a process group of several ranks (lottery.distributed) every rank calls this with the
     same arguments; each trains on its slice of every batch. The process group ends with
@@ -155,116 +123,125 @@ def train(
 
     The validation split is measured every `train_hp.eval_every` iterations and at the end. The
     test split is measured at the end and, with `train_hp.test_curve` 'improvements', wherever the
-    early stop can be (below); with 'every', at each evaluation.
+    early stop can be (_Run.record); with 'every', at each evaluation.
     """
     device = devices.prepare(train_hp)
-    model.to(device).train()
-    splits = dataclasses.replace(
-        splits, train=splits.train.to(device), validation=splits.validation.to(device), test=splits.test.to(device)
-    )
-    params = dict(model.named_parameters())
-    # Layers the mask leaves whole need no masking work on the hot path; float masks multiply
-    # faster than bool ones.
-    masked = [(params[name], keep.to(device, torch.float32)) for name, keep in mask.items() if not bool(keep.all())]
-    optimizer = make_optimizer(train_hp, model, frobenius_decay)
-    # Found once: the hot path below only adds their gradients.
-    factorized = factorize.factorized_layers(model) if frobenius_decay and train_hp.weight_decay else []
-    net = distributed.wrap(model, device) if distributed.active() else model
-    scales = batchnorm_scales(model) if train_hp.bn_l1 else None
-    batch, size = train_hp.batch_size, len(splits.train)
-    per_epoch = iterations_per_epoch(train_hp, splits)
-    if per_epoch == 0:
-        raise ParamsError(f"train.batch_size = {batch}: larger than the training set ({size} examples)")
-    curve, snapshot, end = [], None, train_hp.iterations
-    early_stop = None  # the point TrainResult.early_stop would pick from the curve so far
+    run = _Run(model, mask, splits, train_hp, callbacks, device)
     saved = saves.load(device) if saves else None
     if saved:
-        curve, snapshot, start_iteration, end = saved["curve"], saved["snapshot"], saved["iteration"], saved["end"]
-        early_stop = curve[saved["early_stop"]] if curve else None
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        for plug_in, state in zip(stateful, saved["stateful"]):
-            plug_in.load_state_dict(state)
-    indices = batches(seed, size, batch, start_iteration, device)
+        start_iteration = run.resume(saved)
+        if saved["finished"]:
+            return run.result()
+    examples, batch, per_epoch = run.splits.train, train_hp.batch_size, iterations_per_epoch(train_hp, run.splits)
+    indices = batches(seed, len(examples), batch, start_iteration, device)
     own = distributed.own_rows(batch)  # all of each batch, or this rank's slice
     scheduled = bool(train_hp.warmup_iterations or train_hp.milestones)
-
-    def record(iteration, last=False):
-        nonlocal early_stop
-        validation_loss, validation_accuracy = evaluate(model, splits.validation)
-        point = {"iteration": iteration, "validation_loss": validation_loss, "validation_accuracy": validation_accuracy}
-        # The early stop so far, found as min() finds it in TrainResult.early_stop: the first
-        # point, then each one whose loss is lower than the best so far. A tie (the earliest
-        # stays) or a NaN loss cannot move it, so only these points need a test measurement.
-        if early_stop is None or validation_loss < early_stop["validation_loss"]:
-            early_stop = point
-        if point is early_stop or last or train_hp.test_curve == "every":
-            point["test_loss"], point["test_accuracy"] = evaluate(model, splits.test)
-        curve.append(point)
-
-    def state(next_iteration, finished=False):
-        """Everything the rest of training reads (lottery.resume)."""
-        return {
-            "iteration": next_iteration,
-            "end": end,
-            "finished": finished,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "curve": curve,
-            "early_stop": next(i for i, point in enumerate(curve) if point is early_stop) if curve else None,
-            "snapshot": snapshot,
-            "stateful": [plug_in.state_dict() for plug_in in stateful],
-        }
-
-    if saved and saved["finished"]:
-        return _result(model, curve, snapshot, end, device)
     precision = devices.autocast(train_hp, device)
     with _progress(train_hp.iterations, start_iteration) as bar:
         for iteration in range(start_iteration, train_hp.iterations):
             if iteration % train_hp.eval_every == 0:
-                record(iteration)
-            if iteration == snapshot_at:
-                snapshot = copy.deepcopy(model.state_dict())
+                run.record(iteration)
+            for callback in run.callbacks:
+                callback.before_step(model, iteration)
             index = next(indices)[own]
             if scheduled:
-                for group in optimizer.param_groups:
+                for group in run.optimizer.param_groups:
                     group["lr"] = learning_rate(train_hp, iteration)
-            images = splits.train.x[index]
-            if splits.augment:
-                images = splits.augment(images, seed, iteration, batch, own)
-            with precision:
-                loss = F.cross_entropy(net(images), splits.train.y[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if scales:
-                add_batchnorm_l1_gradient(scales, train_hp.bn_l1)
-            if factorized:
-                factorize.add_frobenius_decay_gradient(factorized, train_hp.weight_decay)
-            if masked:
-                _mask_gradients(masked)
-            optimizer.step()
+            images = examples.x[index]
+            if run.splits.augment:
+                images = run.splits.augment(images, seed, iteration, batch, own)
+            run.step(images, examples.y[index], precision)
             bar.update(1)
-            if at_epoch_end and (iteration + 1) % per_epoch == 0:
-                stop = distributed.rank0_decides(at_epoch_end(model, (iteration + 1) // per_epoch), device)
-                if stop:
-                    end = iteration + 1
-                    break
+            if (iteration + 1) % per_epoch == 0 and run.stops((iteration + 1) // per_epoch):
+                run.end = iteration + 1
+                break
             if saves and saves.due():
-                saves.save(state(iteration + 1))
-    record(end, last=True)
+                saves.save(run.state(iteration + 1))
+    run.record(run.end, last=True)
     if saves:
-        saves.save(state(end, finished=True))
-    return _result(model, curve, snapshot, end, device)
+        saves.save(run.state(run.end, finished=True))
+    return run.result()
 
 
-def _result(model, curve, snapshot, end, device):
-    model.cpu()
-    processes, follower = distributed.world_size(), distributed.is_follower()
-    # Training is the only work the ranks share: rank 0 goes on alone (evaluating, saving, logging).
-    distributed.stop()
-    if follower:
-        raise distributed.FollowerDone()
-    return TrainResult(curve=curve, snapshot=snapshot, iterations=end, device=device, processes=processes)
+class _Run:
+    """One call of `train`: the model on its device, its optimizer, its plug-ins, the curve so far."""
+
+    def __init__(self, model, mask, splits, train_hp, callbacks, device):
+        self.model, self.train_hp, self.callbacks, self.device = model, train_hp, list(callbacks), device
+        model.to(device).train()
+        self.splits = dataclasses.replace(
+            splits, train=splits.train.to(device), validation=splits.validation.to(device), test=splits.test.to(device)
+        )
+        params = dict(model.named_parameters())
+        # Layers the mask leaves whole need no masking work on the hot path; float masks multiply
+        # faster than bool ones.
+        self.masked = [(params[name], keep.to(device, torch.float32)) for name, keep in mask.items() if not bool(keep.all())]
+        exempt = [param for callback in self.callbacks for param in callback.exempt_from_weight_decay()]
+        self.optimizer = make_optimizer(train_hp, model, exempt)
+        self.net = distributed.for_training(model, device)
+        self.curve, self.end = [], train_hp.iterations
+        self.early_stop = None  # the point TrainResult.early_stop would pick from the curve so far
+
+    def step(self, images, labels, precision):
+        """One optimizer step on a batch; the plug-ins add to the gradients before the mask zeroes them."""
+        with precision:
+            loss = F.cross_entropy(self.net(images), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for callback in self.callbacks:
+            callback.after_backward()
+        if self.masked:
+            _mask_gradients(self.masked)
+        self.optimizer.step()
+
+    def stops(self, epoch):
+        """Whether a plug-in stops training after `epoch`: rank 0's answer, on every rank."""
+        votes = [callback.at_epoch_end(self.model, epoch) for callback in self.callbacks]
+        return distributed.rank0_decides(any(votes), self.device)
+
+    def record(self, iteration, last=False):
+        validation_loss, validation_accuracy = evaluate(self.model, self.splits.validation)
+        point = {"iteration": iteration, "validation_loss": validation_loss, "validation_accuracy": validation_accuracy}
+        # The early stop so far, found as min() finds it in TrainResult.early_stop: the first
+        # point, then each one whose loss is lower than the best so far. A tie (the earliest
+        # stays) or a NaN loss cannot move it, so only these points need a test measurement.
+        if self.early_stop is None or validation_loss < self.early_stop["validation_loss"]:
+            self.early_stop = point
+        if point is self.early_stop or last or self.train_hp.test_curve == "every":
+            point["test_loss"], point["test_accuracy"] = evaluate(self.model, self.splits.test)
+        self.curve.append(point)
+
+    def state(self, next_iteration, finished=False):
+        """Everything the rest of training reads (lottery.resume)."""
+        return {
+            "iteration": next_iteration,
+            "end": self.end,
+            "finished": finished,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "curve": self.curve,
+            "early_stop": next(i for i, point in enumerate(self.curve) if point is self.early_stop) if self.curve else None,
+            "callbacks": [callback.state_dict() for callback in self.callbacks],
+        }
+
+    def resume(self, saved):
+        """Take back a `state`; the iteration to go on from."""
+        self.curve, self.end = saved["curve"], saved["end"]
+        self.early_stop = self.curve[saved["early_stop"]] if self.curve else None
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        for callback, state in zip(self.callbacks, saved["callbacks"]):
+            callback.load_state_dict(state)
+        return saved["iteration"]
+
+    def result(self):
+        self.model.cpu()
+        processes, follower = distributed.world_size(), distributed.is_follower()
+        # Training is the only work the ranks share: rank 0 goes on alone (evaluating, saving, logging).
+        distributed.stop()
+        if follower:
+            raise distributed.FollowerDone()
+        return TrainResult(curve=self.curve, iterations=self.end, device=self.device, processes=processes)
 
 
 @torch.no_grad()

@@ -7,9 +7,10 @@ section's own checks: they depend on the validate stage's output, so DVC runs th
 params that passed here, and their code stamps hold none of the registries this module imports.
 """
 
-from lottery import controls, data, distributed, early_bird, factorize, hparams
+from lottery import controls, data, distributed, early_bird, hparams
 from lottery.models import catalog
 from lottery.errors import ParamsError
+from lottery.factorize import rules as factorize_rules
 from lottery.pruning import strategies
 
 # A method's rules, each `check_params(hp, model)` beside the method it guards: it raises a
@@ -20,7 +21,7 @@ RULES = (
     strategies.check_params,
     distributed.check_params,
     early_bird.check_params,
-    factorize.check_params,
+    factorize_rules.check_params,
 )
 
 

@@ -8,8 +8,9 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from lottery import checkpoints, factorize, lineage
+from lottery import checkpoints, lineage
 from lottery.lineage_catalog import LineageCatalog
+from lottery.factorize import layers
 from tests.conftest import reproduced_repo, sh
 
 FACTORIZED = {
@@ -39,13 +40,13 @@ def test_dvc_repro_trains_factorized_rounds_whose_ranks_fall(repo):
     assert all(ranks[1][name] < ranks[0][name] for name in ranks[0])
     for round_ in (1, 2):
         trained, checkpoint = checkpoints.load_model(repo / f"models/round_{round_}/trained.pt")
-        assert checkpoint["model"]["ranks"] == factorize.ranks(trained) == ranks[round_ - 1]
+        assert checkpoint["model"]["ranks"] == layers.ranks(trained) == ranks[round_ - 1]
         sparsity = read(repo, f"models/round_{round_}/sparsity.json")
         assert sparsity["ranks"] == ranks[round_ - 1] and sparsity["kept"] <= sparsity["ticket_weights"]
         report = read(repo, f"metrics/compression/round_{round_}.json")
         assert report["form"] == "factorized" and report["max_abs_difference"] < 1e-4
         compact, _ = checkpoints.load_model(repo / f"models/round_{round_}/compact.pt")
-        assert factorize.ranks(compact) == ranks[round_ - 1] and compact.eval()(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+        assert layers.ranks(compact) == ranks[round_ - 1] and compact.eval()(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
 
 
 def test_mlflow_shows_each_rounds_ranks_as_params_and_metrics(repo):

@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import checkpoints, factorize, hparams, identity, masks, paths, pipeline, training, validation
-from lottery.models import catalog
+from lottery import checkpoints, hparams, identity, masks, models, paths, pipeline, training, validation
 from lottery.pruning import driver
-from lottery.io import read_json
+from lottery.models import catalog
 from lottery.errors import ParamsError
+from lottery.factorize import decay, layers, plans
+from lottery.io import read_json
 from tests.conftest import tiny_params
 
 FACTORIZED = {"factorize.enabled": True, "weight_agnostic.values": [], "prune.rate": 0.5}
@@ -26,7 +27,7 @@ def test_spectral_init_is_the_best_rank_r_approximation():
     weight = torch.randn(40, 24, generator=generator)
     sigma = torch.linalg.svdvals(weight.double())
     for rank in (1, 5, 23):
-        u, v = factorize.spectral_factors(weight, rank)
+        u, v = layers.spectral_factors(weight, rank)
         error = (weight - u @ v.T).double()
         # Eckart-Young: the Frobenius error is the tail's energy, the spectral error the next value.
         assert torch.linalg.matrix_norm(error) ** 2 == pytest.approx(float((sigma[rank:] ** 2).sum()), rel=1e-4)
@@ -38,13 +39,13 @@ def test_spectral_init_is_the_best_rank_r_approximation():
 
 def test_spectral_init_of_a_model_approximates_each_layer_of_theta0():
     model = catalog.build("conv2", (1, 28, 28), 10, seed=3)
-    dense = {name: factorize.matrix(layer) for name, layer in factorize.layers(model).items()}
-    ranks = factorize.rank_plan(model, 0.25)
+    dense = {name: layers.matrix(layer) for name, layer in layers.weight_layers(model).items()}
+    ranks = plans.rank_plan(model, 0.25)
     assert ranks, "conv2 has layers worth factorizing at a quarter of their rank"
-    factorize.factorize(model, ranks)
+    layers.factorize(model, ranks)
     for name, rank in ranks.items():
         sigma = torch.linalg.svdvals(dense[name].double())
-        error = torch.linalg.matrix_norm((dense[name] - factorize.matrix(model.get_submodule(name))).double())
+        error = torch.linalg.matrix_norm((dense[name] - layers.matrix(model.get_submodule(name))).double())
         assert error**2 == pytest.approx(float((sigma[rank:] ** 2).sum()), rel=1e-3)
 
 
@@ -59,9 +60,9 @@ def test_spectral_init_of_a_model_approximates_each_layer_of_theta0():
 def test_a_conv_at_full_rank_computes_what_the_dense_conv_computes(geometry):
     torch.manual_seed(0)
     conv = nn.Conv2d(**geometry)
-    m, n = factorize.shape(conv)
-    layer = factorize.FactorizedConv2d(conv, min(m, n))
-    layer.set_factors(*factorize.spectral_factors(factorize.matrix(conv), min(m, n)))
+    m, n = layers.shape(conv)
+    layer = layers.FactorizedConv2d(conv, min(m, n))
+    layer.set_factors(*layers.spectral_factors(layers.matrix(conv), min(m, n)))
     if conv.bias is not None:
         with torch.no_grad():
             layer.outer.bias.copy_(conv.bias)
@@ -75,9 +76,9 @@ def test_a_conv_at_full_rank_computes_what_the_dense_conv_computes(geometry):
 @pytest.mark.parametrize("name,width", [("lenet_300_100", 1.0), ("conv4", 1.0), ("vgg11", 0.25), ("resnet20", 0.5)])
 def test_every_registered_kind_of_model_factorized_at_full_rank_computes_the_same(name, width):
     model = catalog.build(name, (1, 28, 28), 10, seed=0, width=width).eval()
-    full = {layer: min(factorize.shape(module)) for layer, module in factorize.factorizable(model).items()}
-    factorized = factorize.factorize(copy.deepcopy(model), full).eval()
-    assert set(factorize.ranks(factorized)) == set(full)
+    full = {layer: min(layers.shape(module)) for layer, module in layers.factorizable(model).items()}
+    factorized = layers.factorize(copy.deepcopy(model), full).eval()
+    assert set(layers.ranks(factorized)) == set(full)
     images = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         assert (factorized(images) - model(images)).abs().max() < 1e-3
@@ -87,14 +88,14 @@ def test_the_frobenius_decay_gradient_equals_autograds():
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.Flatten(), nn.Linear(6 * 4 * 4, 12), nn.Linear(12, 5))
     ranks = {"0": 2, "2": 3}
-    factorize.factorize(model, ranks, spectral=False, generator=torch.Generator().manual_seed(2), init="glorot")
+    layers.factorize(model, ranks, spectral=False, generator=torch.Generator().manual_seed(2), init="glorot")
     strength = 0.37
     penalty = sum(
         strength / 2 * (layer.factors()[0] @ layer.factors()[1].T).pow(2).sum()
-        for layer in factorize.layers(model).values()
-        if isinstance(layer, factorize.Factorized)
+        for layer in layers.weight_layers(model).values()
+        if isinstance(layer, layers.Factorized)
     )
-    factors = factorize.factor_parameters(model)
+    factors = decay.factor_parameters(model)
     expected = torch.autograd.grad(penalty, factors)
     for param in factors:
         param.grad = torch.zeros_like(param)
@@ -105,7 +106,7 @@ def test_the_frobenius_decay_gradient_equals_autograds():
     for param in others.values():
         param.grad = torch.randn_like(param)
     before = {name: param.grad.clone() for name, param in others.items()}
-    factorize.add_frobenius_decay_gradient(factorize.factorized_layers(model), strength)
+    decay.add_frobenius_decay_gradient(layers.factorized_layers(model), strength)
     for param, wanted in zip(factors, expected):
         assert torch.allclose(param.grad, wanted, rtol=1e-5, atol=1e-7)
         assert wanted.abs().max() > 0
@@ -117,28 +118,28 @@ def test_the_frobenius_decay_gradient_equals_autograds():
 @pytest.mark.parametrize("ratio", [0.1, 0.05, 0.02])
 def test_parameter_matching_hits_the_target_to_within_one_rank_of_any_layer(name, width, ratio):
     model = catalog.build(name, (1, 28, 28), 10, seed=0, width=width)
-    target = round(ratio * factorize.stored_weights(model, {}))
-    scale, ranks = factorize.matched_ranks(model, target)
-    stored = factorize.stored_weights(model, ranks)
+    target = round(ratio * plans.stored_weights(model, {}))
+    scale, ranks = plans.matched_ranks(model, target)
+    stored = plans.stored_weights(model, ranks)
     # The rank scale is the largest that fits: one step more stores more than the target.
-    plan = factorize.rank_plan(model, scale)
-    assert factorize.stored_weights(model, plan) <= target < factorize.stored_weights(model, factorize.rank_plan(model, scale * (1 + 1e-6)))
+    plan = plans.rank_plan(model, scale)
+    assert plans.stored_weights(model, plan) <= target < plans.stored_weights(model, plans.rank_plan(model, scale * (1 + 1e-6)))
     # Then each layer takes at most one rank more, and a layer left at the scale's rank no longer fits.
     assert stored <= target and set(ranks) == set(plan)
     assert all(ranks[name] - plan[name] in (0, 1) for name in plan)
-    steps = {name: sum(factorize.shape(model.get_submodule(name))) for name in plan}
+    steps = {name: sum(layers.shape(model.get_submodule(name))) for name in plan}
     assert all(steps[name] > target - stored for name in plan if ranks[name] == plan[name])
     with pytest.raises(ValueError, match="fewer than rank 1"):
-        factorize.matched_ranks(model, len(factorize.layers(model)))
+        plans.matched_ranks(model, len(layers.weight_layers(model)))
 
 
 def test_a_factorized_checkpoint_describes_its_ranks_and_loads_itself(tmp_path):
     model = catalog.build("vgg11", (1, 28, 28), 10, seed=0, width=0.25)
     spec = checkpoints.model_spec("vgg11", (1, 28, 28), 10, 0.25)
-    factorize.factorize(model, factorize.rank_plan(model, 0.3))
+    layers.factorize(model, plans.rank_plan(model, 0.3))
     checkpoints.save(tmp_path / "f.pt", model, spec=spec, round_=1, iteration=0, parents=[])
     loaded, checkpoint = checkpoints.load_model(tmp_path / "f.pt")
-    assert checkpoint["model"]["ranks"] == factorize.ranks(model) and factorize.ranks(loaded) == factorize.ranks(model)
+    assert checkpoint["model"]["ranks"] == layers.ranks(model) and layers.ranks(loaded) == layers.ranks(model)
     images = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(images), model.eval()(images))
@@ -147,26 +148,26 @@ def test_a_factorized_checkpoint_describes_its_ranks_and_loads_itself(tmp_path):
 def test_plain_factors_are_drawn_independently_with_each_factors_own_fans():
     model = catalog.build("lenet_300_100", (1, 28, 28), 10, seed=0)
     ranks = {"layers.1": 60}
-    plain = factorize.factorize(copy.deepcopy(model), ranks, spectral=False, generator=torch.Generator().manual_seed(5), init="glorot")
-    again = factorize.factorize(copy.deepcopy(model), ranks, spectral=False, generator=torch.Generator().manual_seed(5), init="glorot")
+    plain = layers.factorize(copy.deepcopy(model), ranks, spectral=False, generator=torch.Generator().manual_seed(5), init="glorot")
+    again = layers.factorize(copy.deepcopy(model), ranks, spectral=False, generator=torch.Generator().manual_seed(5), init="glorot")
     layer = plain.get_submodule("layers.1")
     assert torch.equal(layer.inner.weight, again.get_submodule("layers.1").inner.weight)
     # Glorot on each factor as a layer of its own: inner 784 -> 60, outer 60 -> 300.
     assert layer.inner.weight.std().item() == pytest.approx((2 / (784 + 60)) ** 0.5, rel=0.05)
     assert layer.outer.weight.std().item() == pytest.approx((2 / (60 + 300)) ** 0.5, rel=0.05)
-    spectral = factorize.factorize(copy.deepcopy(model), ranks)
-    assert not torch.allclose(factorize.matrix(spectral.get_submodule("layers.1")), factorize.matrix(layer))
+    spectral = layers.factorize(copy.deepcopy(model), ranks)
+    assert not torch.allclose(layers.matrix(spectral.get_submodule("layers.1")), layers.matrix(layer))
 
 
 def test_weight_decay_spares_the_factors_when_frobenius_decay_takes_its_place(mnist_root):
     hp = make_hp(mnist_root, **{"train.weight_decay": 1e-3})
     model = catalog.build("lenet_300_100", (1, 28, 28), 10, seed=0)
-    factorize.factorize(model, {"layers.1": 20})
-    factors = {id(param) for param in factorize.factor_parameters(model)}
-    groups = training.make_optimizer(hp.train, model, frobenius_decay=True).param_groups
+    layers.factorize(model, {"layers.1": 20})
+    factors = {id(param) for param in decay.factor_parameters(model)}
+    groups = training.make_optimizer(hp.train, model, decay.FrobeniusDecay(model, 1e-3).exempt_from_weight_decay()).param_groups
     assert [group["weight_decay"] for group in groups] == [1e-3, 0.0]
     assert {id(param) for param in groups[1]["params"]} == factors
-    (plain,) = training.make_optimizer(hp.train, model, frobenius_decay=False).param_groups
+    (plain,) = training.make_optimizer(hp.train, model).param_groups
     assert plain["weight_decay"] == 1e-3 and len(plain["params"]) == len(list(model.parameters()))
 
 
@@ -205,7 +206,7 @@ def test_a_factorized_lineage_matches_each_rounds_ticket_and_lowers_its_ranks(wo
     hp = make_hp(mnist_root, **{"train.weight_decay": 1e-3})
     pipeline.run_lineage(hp)
     theta0, _ = checkpoints.load_model(paths.init_checkpoint())
-    dense_weights = factorize.stored_weights(theta0, {})
+    dense_weights = plans.stored_weights(theta0, {})
     previous = None
     for round_ in (1, 2):
         # The round's ticket (prune.* as written) would keep this many weights; the factors store at most that.
@@ -214,7 +215,7 @@ def test_a_factorized_lineage_matches_each_rounds_ticket_and_lowers_its_ranks(wo
         sparsity = read_json(paths.sparsity_report(round_))
         metrics = read_json(paths.round_metrics(round_))
         trained, checkpoint = checkpoints.load_model(paths.trained_weights(round_))
-        stored = factorize.stored_weights(trained, factorize.ranks(trained))
+        stored = plans.stored_weights(trained, layers.ranks(trained))
         assert sparsity["ticket_weights"] == ticket_weights and 0.9 * ticket_weights <= stored <= ticket_weights
         assert metrics["weights_remaining"] == pytest.approx(stored / dense_weights)
         assert metrics["ranks_per_layer"] == sparsity["ranks"] == checkpoint["model"]["ranks"]
@@ -224,8 +225,8 @@ def test_a_factorized_lineage_matches_each_rounds_ticket_and_lowers_its_ranks(wo
         # rewind: θ0 spectrally initialised at the round's ranks.
         start, _ = checkpoints.load_model(paths.start_weights(round_))
         for name, rank in sparsity["ranks"].items():
-            sigma = torch.linalg.svdvals(factorize.matrix(theta0.get_submodule(name)).double())
-            error = factorize.matrix(theta0.get_submodule(name)) - factorize.matrix(start.get_submodule(name))
+            sigma = torch.linalg.svdvals(layers.matrix(theta0.get_submodule(name)).double())
+            error = layers.matrix(theta0.get_submodule(name)) - layers.matrix(start.get_submodule(name))
             assert torch.linalg.matrix_norm(error.double()) ** 2 == pytest.approx(float((sigma[rank:] ** 2).sum()), rel=1e-3)
         # compact: the factorized network is shipped as it is, and it is smaller and cheaper.
         report = read_json(paths.compression_report(round_))
@@ -244,14 +245,14 @@ def test_finetune_truncates_the_trained_weights_and_plain_draws_fresh_factors(wo
     start, _ = checkpoints.load_model(paths.start_weights(1))
     ranks = read_json(paths.sparsity_report(1))["ranks"]
     for name, rank in ranks.items():
-        u, v = factorize.spectral_factors(factorize.matrix(dense.get_submodule(name)), rank)
-        assert torch.allclose(factorize.matrix(start.get_submodule(name)), u @ v.T, atol=1e-5)
+        u, v = layers.spectral_factors(layers.matrix(dense.get_submodule(name)), rank)
+        assert torch.allclose(layers.matrix(start.get_submodule(name)), u @ v.T, atol=1e-5)
     plain_hp = make_hp(mnist_root, **{"factorize.spectral_init": False, "rounds": hparams.rounds_section(1)})
     pipeline.rewind(plain_hp, 1)
     plain, _ = checkpoints.load_model(paths.start_weights(1))
     theta0, _ = checkpoints.load_model(paths.init_checkpoint())
     for name in ranks:
-        assert (factorize.matrix(plain.get_submodule(name)) - factorize.matrix(theta0.get_submodule(name))).abs().mean() > 1e-3
+        assert (layers.matrix(plain.get_submodule(name)) - layers.matrix(theta0.get_submodule(name))).abs().mean() > 1e-3
     pipeline.rewind(plain_hp, 1)
     again, _ = checkpoints.load_model(paths.start_weights(1))
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), again.state_dict().values()))

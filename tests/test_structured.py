@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import channels, checkpoints, compression, controls, hparams, masks, pipeline, training, validation
-from lottery.models import catalog
+from lottery import channels, checkpoints, compression, controls, hparams, masks, models, pipeline, slimming, training, validation
 from lottery.pruning import driver
-from lottery.models import base
+from lottery.models import catalog
 from lottery.errors import ParamsError
+from lottery.models import base
 from tests.conftest import default_params, with_overrides
 
 VGG = dict(name="vgg11", input_shape=(1, 28, 28), num_classes=10, seed=0, width=0.25)
@@ -271,7 +271,7 @@ def test_bn_l1_added_to_the_gradient_is_bit_for_bit_the_gradient_of_the_loss_ter
             loss = loss + strength * sum(gamma.abs().sum() for gamma in scales)
         loss.backward()
         if form == "gradient":
-            training.add_batchnorm_l1_gradient(scales, strength)
+            slimming.add_batchnorm_l1_gradient(scales, strength)
         gradients[form] = {name: param.grad for name, param in model.named_parameters()}
     assert gradients["loss"].keys() == gradients["gradient"].keys()
     assert all(torch.equal(gradients["loss"][name], gradients["gradient"][name]) for name in gradients["loss"])
@@ -290,7 +290,7 @@ def test_bn_l1_in_the_training_loop_moves_gamma_by_lr_times_lambda_times_sign(mn
     runs = {}
     for bn_l1 in (0.0, 0.5):
         model = catalog.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125)
-        training.train(model, masks.ones(model), splits, dataclasses.replace(hp.train, bn_l1=bn_l1), seed=0)
+        training.train(model, masks.ones(model), splits, hp.train, seed=0, callbacks=[slimming.BatchNormL1(model, bn_l1)])
         runs[bn_l1] = model.features[1].weight.detach()
     start = catalog.build("vgg11", (1, 28, 28), 10, seed=0, width=0.125).features[1].weight.detach()
     assert torch.allclose(runs[0.0] - runs[0.5], 0.1 * 0.5 * start.sign(), atol=1e-6)

@@ -3,9 +3,10 @@ import dataclasses
 import pytest
 import torch
 
-from lottery import data, masks, pipeline, training
+from lottery import callbacks, data, hparams, masks, models, pipeline, training
 from lottery.models import catalog
 from lottery.errors import ParamsError
+from lottery.steps import common
 
 
 @pytest.fixture
@@ -60,13 +61,14 @@ def test_same_seed_same_result_other_seed_other_order(splits, make_hp):
 def test_snapshot_at_k_is_the_state_after_k_iterations_and_resuming_replays_the_schedule(splits, make_hp):
     hp = make_hp(**{"train.optimizer": "sgd", "train.lr": 0.05})
     full = lenet()
-    result = training.train(full, masks.ones(full), splits, hp.train, seed=0, snapshot_at=30)
+    snapshot = callbacks.Snapshot(30)
+    training.train(full, masks.ones(full), splits, hp.train, seed=0, callbacks=[snapshot])
     short = lenet()
     training.train(short, masks.ones(short), splits, dataclasses.replace(hp.train, iterations=30), seed=0)
-    assert all(torch.equal(result.snapshot[k], short.state_dict()[k]) for k in result.snapshot)
+    assert all(torch.equal(snapshot.weights[k], short.state_dict()[k]) for k in snapshot.weights)
     # Plain SGD has no state, so resuming from θ30 must land exactly where the full run did.
     resumed = lenet()
-    resumed.load_state_dict(result.snapshot)
+    resumed.load_state_dict(snapshot.weights)
     training.train(resumed, masks.ones(resumed), splits, hp.train, seed=0, start_iteration=30)
     assert all(torch.equal(resumed.state_dict()[k], full.state_dict()[k]) for k in full.state_dict())
 
@@ -79,7 +81,6 @@ def test_early_stop_is_the_lowest_validation_loss():
             {"iteration": 20, "validation_loss": 0.5, "test_accuracy": 0.85},
             {"iteration": 30, "validation_loss": 0.7, "test_accuracy": 0.9},
         ],
-        snapshot=None,
         iterations=30,
         device=torch.device("cpu"),
     )
@@ -89,12 +90,14 @@ def test_early_stop_is_the_lowest_validation_loss():
     assert result.final["test_accuracy"] == 0.9
 
 
-def test_batch_larger_than_the_data_is_refused(splits, make_hp):
+def test_batch_larger_than_the_data_is_refused(splits, make_hp, monkeypatch):
     # Params validation refuses this against the dataset's size; data smaller than its registry
-    # size (a local copy, say) is caught by the loop itself, in one line.
-    train_hp = dataclasses.replace(make_hp().train, batch_size=5000)
+    # size (a local copy, say) is caught where the stages load it, in one line.
+    hp = make_hp()
+    hp = dataclasses.replace(hp, train=dataclasses.replace(hp.train, batch_size=5000))
+    monkeypatch.setattr(data, "load", lambda data_hp, root: splits)
     with pytest.raises(ParamsError, match=r"^train.batch_size = 5000: larger than the training set \(1200 examples\)$"):
-        training.train(lenet(), masks.ones(lenet()), splits, train_hp, seed=0)
+        common.splits(hp)
 
 
 def test_evaluate_gives_exactly_the_numbers_of_a_per_batch_loop(splits):

@@ -2,11 +2,17 @@
 
 from lottery import checkpoints, data, paths, provenance
 from lottery.models import catalog
+from lottery.errors import ParamsError
 from lottery.io import write_json
 
 
 def splits(hp):
-    return data.load(hp.data, paths.dataset_root(hp.data.dataset))
+    """The data splits; ParamsError when a batch is larger than the training split (params
+    validation checks the registry's size; a local copy may hold less)."""
+    loaded = data.load(hp.data, paths.dataset_root(hp.data.dataset))
+    if hp.train.batch_size > len(loaded.train):
+        raise ParamsError(f"train.batch_size = {hp.train.batch_size}: larger than the training set ({len(loaded.train)} examples)")
+    return loaded
 
 
 def test_split(hp):

@@ -2,7 +2,8 @@
 
 import torch
 
-from lottery import channels, checkpoints, compression, devices, factorize, masks, paths, provenance, records, tracking
+from lottery import channels, checkpoints, compression, devices, masks, paths, provenance, records, tracking
+from lottery.factorize import layers
 from lottery.io import write_json
 from lottery.steps.common import model_spec, save_weights, test_split
 
@@ -23,7 +24,7 @@ def compact(hp, round_):
         form, shipped, sparse_mask = "channels_removed", channels.compact(model, mask), None
         spec = model_spec(hp, compact_of=shipped)
         _check_equivalent(model, shipped, probe, round_)  # the cut model, before it is saved
-    elif factorize.ranks(model):  # already its small dense layers, every weight kept
+    elif layers.ranks(model):  # already its small dense layers, every weight kept
         form, shipped, sparse_mask, spec = "factorized", model, None, checkpoint["model"]
     else:  # the masked model itself is shipped, as a sparse file: the file is what to check
         form, shipped, sparse_mask, spec = "sparse_file", model, mask, checkpoint["model"]

@@ -1,6 +1,6 @@
 """control@r-c: a control branch of round r, trained and evaluated like the ticket."""
 
-from lottery import checkpoints, controls, masks, paths, resume, training
+from lottery import checkpoints, controls, masks, paths, resume, slimming, training
 from lottery.steps.common import save_training, splits as load_splits
 from lottery.steps.evaluate import evaluate
 from lottery.steps.schedule import retrain_schedule
@@ -17,7 +17,10 @@ def control(hp, round_, name):
         )
         splits = load_splits(hp)
         schedule, start_iteration = retrain_schedule(hp, model, mask)
-        result = training.train(model, mask, splits, schedule, hp.seed, start_iteration=start_iteration, saves=saves)
+        plug_ins = [slimming.BatchNormL1(model, schedule.bn_l1)]
+        result = training.train(
+            model, mask, splits, schedule, hp.seed, start_iteration=start_iteration, callbacks=plug_ins, saves=saves
+        )
         masks.save(mask, paths.mask(round_, name))  # after training: data-parallel followers end there
         save_training(hp, round_, model, result, parents=inputs, iterations=schedule.iterations, control=name)
         evaluate(hp, round_, test=splits.test, control=name)

@@ -1,6 +1,7 @@
 """evaluate@r (and round 0 in train, a control in its own stage): a branch's metrics."""
 
-from lottery import checkpoints, curves, devices, factorize, masks, paths, records, tracking, training, weight_agnostic
+from lottery import checkpoints, curves, devices, masks, paths, records, tracking, training, weight_agnostic
+from lottery.factorize import layers, report
 from lottery.io import read_json, write_json, write_text
 from lottery.steps.common import test_split
 
@@ -17,8 +18,8 @@ def evaluate(hp, round_, test=None, control=None):
     test = (test or test_split(hp)).to(device)
     test_loss, test_accuracy = training.evaluate(model.to(device), test)
     log = read_json(paths.training_log(round_, control))
-    sparsity = factorize.sparsity_report(model, mask)
-    ranks = factorize.ranks(model)
+    sparsity = report.sparsity_report(model, mask)
+    ranks = layers.ranks(model)
     metrics = {
         "round": round_,
         "weights_remaining": sparsity["weights_remaining"],

@@ -2,8 +2,9 @@
 
 import contextlib
 
-from lottery import checkpoints, early_bird, factorize, identity, masks, paths, records, resume, tracking
+from lottery import checkpoints, early_bird, identity, masks, paths, records, resume, tracking
 from lottery.pruning import driver, rates, strategies
+from lottery.factorize import layers, plans, report
 from lottery.io import read_json, write_json
 from lottery.steps.common import pruned_from, splits
 
@@ -14,7 +15,7 @@ def prune(hp, round_):
     per-layer rates, which become the round's MLflow params.
 
     With factorize.enabled, the round's network is factorized instead, at ranks whose factors
-    store at most as many weights as the round's ticket would keep (factorize.matched_ranks); its
+    store at most as many weights as the round's ticket would keep (plans.matched_ranks); its
     mask keeps every factor weight and names the ranks (lottery.factorize)."""
     mask, sparsity = _factorized(hp, round_) if hp.factorize.enabled else _pruned(hp, round_)
     sparsity["method"] = {
@@ -51,10 +52,10 @@ def _factorized(hp, round_):
     # The ticket's count needs the dense architecture, which the rewind point always has.
     dense, _ = checkpoints.load_model(paths.rewind_point())
     ticket_weights = driver.kept_weights(hp.prune, dense, round_, seed=hp.seed + round_)
-    scale, ranks = factorize.matched_ranks(dense, ticket_weights)
-    structure = factorize.restructure(dense, ranks)
+    scale, ranks = plans.matched_ranks(dense, ticket_weights)
+    structure = layers.restructure(dense, ranks)
     mask = masks.ones(structure)
-    sparsity = factorize.sparsity_report(structure, mask)
+    sparsity = report.sparsity_report(structure, mask)
     sparsity.update(ranks=ranks, rank_scale=scale, ticket_weights=ticket_weights)
     return mask, sparsity
 

@@ -2,7 +2,8 @@
 
 import torch
 
-from lottery import checkpoints, controls, factorize, masks, paths
+from lottery import checkpoints, controls, masks, paths
+from lottery.factorize import layers
 from lottery.io import load_torch
 from lottery.steps.common import pruned_from, save_weights
 from lottery.steps.schedule import retrain_schedule
@@ -29,7 +30,7 @@ def rewind(hp, round_):
         model = checkpoints.build_for_mask(checkpoint["model"], seed, structure)
     plain_factors = torch.Generator().manual_seed(controls.control_seed(hp.seed, "plain_factors", round_))
     init = checkpoint["model"].get("init", "glorot")
-    factorize.to_mask(model, structure, hp.factorize.spectral_init, plain_factors, init)
+    layers.to_mask(model, structure, hp.factorize.spectral_init, plain_factors, init)
     mask = masks.validate(structure, model)
     masks.apply(model, mask)
     _, start_iteration = retrain_schedule(hp, model, mask)

@@ -2,7 +2,7 @@
 
 import contextlib
 
-from lottery import checkpoints, early_bird, masks, paths, quantize, records, resume, tracking, training
+from lottery import callbacks, checkpoints, early_bird, masks, paths, quantize, records, resume, slimming, tracking, training
 from lottery.errors import ParamsError
 from lottery.io import write_json
 from lottery.steps.common import save_training, save_weights, splits as load_splits
@@ -20,28 +20,19 @@ def _train_dense(hp, saves):
     mask = masks.ones(model)
     splits = load_splits(hp)
     search = early_bird.Search(hp.early_bird.epsilon, hp.early_bird.queue) if hp.early_bird.enabled else None
+    snapshot = callbacks.Snapshot(hp.rewind.iteration)
+    plug_ins = [snapshot, slimming.BatchNormL1(model, hp.train.bn_l1)]
+    plug_ins += [early_bird.SearchCallback(search, hp.prune, hp.seed + 1)] if search else []
     bits = hp.early_bird.quantize_bits if search else 0
     with quantize.fake_quantized(model, bits) if bits else contextlib.nullcontext():
-        result = training.train(
-            model,
-            mask,
-            splits,
-            hp.train,
-            hp.seed,
-            snapshot_at=hp.rewind.iteration,
-            at_epoch_end=(lambda model, epoch: search.observe(early_bird.draw(model, hp.prune, hp.seed + 1)))
-            if search
-            else None,
-            saves=saves,
-            stateful=[search] if search else [],
-        )
-    if result.snapshot is None:
+        result = training.train(model, mask, splits, hp.train, hp.seed, callbacks=plug_ins, saves=saves)
+    if snapshot.weights is None:
         raise ParamsError(
             f"rewind.iteration = {hp.rewind.iteration}: the Early-Bird search stopped training at "
             f"iteration {result.iterations}, before it (lower rewind.iteration)"
         )
     rewind_model, _ = checkpoints.load_model(paths.init_checkpoint())
-    rewind_model.load_state_dict(result.snapshot)
+    rewind_model.load_state_dict(snapshot.weights)
     save_weights(
         paths.rewind_point(), rewind_model, hp, round_=0, iteration=hp.rewind.iteration, parents=[paths.init_checkpoint()]
     )

@@ -1,15 +1,9 @@
-"""Low-rank factorized layers (Khodak et al. 2021): a layer's weight matrix W (m×n) stored as
-two factors U (m×r) and V (n×r), W = UVᵀ, and run as two smaller layers.
+"""The factorized layers and a model rebuilt with them.
 
 A Linear layer's matrix is its weight. A Conv2d kernel (out, in, kh, kw) is the (out·kh)×(in·kw)
 matrix M[(o, a), (i, b)] = W[o, i, a, b]; its factorized form is a 1×kw conv from `in` to r
 channels (Vᵀ), then a kh×1 conv from r to `out` channels (U), which computes what the dense conv
 computes when UVᵀ = M.
-
-Which layers: every Linear and Conv2d but the output layer, at rank r = max(1, round(scale ·
-min(m, n))) (`rank_plan`; parameter matching may give a layer one more, `matched_ranks`). A layer whose factors would store at least as many weights as it does (r(m+n) ≥ mn)
-stays dense. BatchNorm, biases (the second factor keeps the layer's) and every other layer stay
-as they are.
 
 A factorized model's architecture is its ranks ({layer name: r}, `ranks`), which checkpoints
 record (lottery.checkpoints). Its prunable weights are the factors, so a round's mask over them
@@ -19,9 +13,6 @@ record (lottery.checkpoints). Its prunable weights are the factors, so a round's
 import torch
 from torch import nn
 
-from lottery import masks
-from lottery.pruning import driver, strategies
-from lottery.errors import ParamsError
 from lottery.models.base import draw_layer
 
 INNER, OUTER = "inner", "outer"
@@ -152,7 +143,7 @@ def shape(layer):
     return tuple(layer.weight.shape)
 
 
-def layers(model):
+def weight_layers(model):
     """{name: layer} of every Linear, Conv2d and factorized layer, in order (a factorized layer's
     two halves are not listed apart)."""
     found, inside = {}, ()
@@ -167,67 +158,11 @@ def layers(model):
 
 
 def factorizable(model):
-    """{name: layer} of the layers a factorization may touch: all of `layers` but the output layer
-    (the last Linear)."""
-    found = layers(model)
+    """{name: layer} of the layers a factorization may touch: all of `weight_layers` but the output
+    layer (the last Linear)."""
+    found = weight_layers(model)
     output = [name for name, layer in found.items() if isinstance(layer, nn.Linear)][-1]
     return {name: layer for name, layer in found.items() if name != output}
-
-
-def rank_plan(model, scale):
-    """{layer: rank} at `scale` of each layer's full rank, for the layers whose factors store fewer
-    weights than the dense layer; the others stay dense (absent)."""
-    plan = {}
-    for name, layer in factorizable(model).items():
-        m, n = shape(layer)
-        rank = max(1, round(scale * min(m, n)))
-        if rank * (m + n) < m * n:
-            plan[name] = rank
-    return plan
-
-
-def stored_weights(model, ranks):
-    """How many weights the model's layers store with these ranks (every Linear and Conv2d weight,
-    the output layer's too; biases and BatchNorm not counted, as masks do not count them)."""
-    total = 0
-    for name, layer in layers(model).items():
-        m, n = shape(layer)
-        total += ranks[name] * (m + n) if name in ranks else m * n
-    return total
-
-
-def matched_ranks(model, target_weights):
-    """(scale, ranks) storing `target_weights` weights at most: parameter matching. The scale is the
-    largest whose plan fits (bisection: stored weights never fall as the scale grows). Layers of
-    one shape step together, which can leave many weights under the target, so each layer then
-    takes one rank more while that still fits (_topped_up). ValueError if even rank 1 everywhere
-    stores more."""
-    lowest = stored_weights(model, rank_plan(model, 0.0))
-    if lowest > target_weights:
-        raise ValueError(f"{target_weights} weights: fewer than rank 1 in every factorizable layer stores ({lowest})")
-    low, high = 0.0, 1.0
-    if stored_weights(model, rank_plan(model, high)) <= target_weights:
-        return high, rank_plan(model, high)
-    for _ in range(60):  # 2^-60: far finer than one rank step of any layer
-        middle = (low + high) / 2
-        if stored_weights(model, rank_plan(model, middle)) <= target_weights:
-            low = middle
-        else:
-            high = middle
-    return low, _topped_up(model, rank_plan(model, low), target_weights)
-
-
-def _topped_up(model, ranks, target_weights):
-    """`ranks` with one rank more for each layer that still fits under the target, the layers with
-    the most weights per rank first."""
-    ranks, spare = dict(ranks), target_weights - stored_weights(model, ranks)
-    found = layers(model)
-    for name in sorted(ranks, key=lambda name: -sum(shape(found[name]))):
-        m, n = shape(found[name])
-        if m + n <= spare and (ranks[name] + 1) * (m + n) < m * n:
-            ranks[name] += 1
-            spare -= m + n
-    return ranks
 
 
 def spectral_factors(weight_matrix, rank):
@@ -281,7 +216,7 @@ def restructure(model, ranks):
 
 def ranks(model):
     """{layer: rank} of the model's factorized layers."""
-    return {name: layer.rank for name, layer in layers(model).items() if isinstance(layer, Factorized)}
+    return {name: layer.rank for name, layer in weight_layers(model).items() if isinstance(layer, Factorized)}
 
 
 def ranks_of_mask(mask):
@@ -290,87 +225,12 @@ def ranks_of_mask(mask):
     return {name.removesuffix(suffix): keep.shape[0] for name, keep in mask.items() if name.endswith(suffix)}
 
 
-def sparsity_report(model, mask):
-    """masks.sparsity_report against the dense architecture: a factorized layer is reported under
-    its dense weight's name, with the dense layer's weights, the factors' as kept, and its rank.
-    For a model without factorized layers, exactly masks.sparsity_report."""
-    report = masks.sparsity_report(mask, model.prunable_kinds())
-    factorized = ranks(model)
-    if not factorized:
-        return report
-    found, kinds = layers(model), model.prunable_kinds()
-    per_layer = {}
-    for name, layer in found.items():
-        if name not in factorized:
-            per_layer[f"{name}.weight"] = report["layers"][f"{name}.weight"]
-            continue
-        m, n = shape(layer)
-        halves = [report["layers"][f"{name}.{half}.weight"] for half in (INNER, OUTER)]
-        kept = sum(half["kept"] for half in halves)
-        per_layer[f"{name}.weight"] = {
-            "kind": kinds[f"{name}.{OUTER}.weight"],
-            "weights": m * n,
-            "kept": kept,
-            "weights_remaining": kept / (m * n),
-            "rank": factorized[name],
-        }
-    total = sum(layer["weights"] for layer in per_layer.values())
-    kept = sum(layer["kept"] for layer in per_layer.values())
-    return {"layers": per_layer, "weights": total, "kept": kept, "weights_remaining": kept / total}
-
-
 def factorized_layers(model):
     """The model's factorized layers, in order."""
-    return [layer for layer in layers(model).values() if isinstance(layer, Factorized)]
-
-
-def factor_parameters(model):
-    """The factors' weights: Frobenius decay replaces plain weight decay on them."""
-    return [param for layer in factorized_layers(model) for param in (layer.inner.weight, layer.outer.weight)]
-
-
-@torch.no_grad()
-def add_frobenius_decay_gradient(factorized, strength):
-    """Add the gradient of Frobenius decay, (strength/2)·‖UVᵀ‖²_F, to each factor's gradient of the
-    `factorized` layers (factorized_layers, found once per training rather than every step):
-    strength·U(VᵀV) for U and strength·V(UᵀU) for V. Built from r×r products, it never forms the
-    m×n matrix UVᵀ."""
-    for layer in factorized:
-        u, v = layer.factors()
-        layer.outer.weight.grad.add_(layer.outer_weight(u @ (v.T @ v)), alpha=strength)
-        layer.inner.weight.grad.add_(layer.inner_weight(v @ (u.T @ u)), alpha=strength)
+    return [layer for layer in weight_layers(model).values() if isinstance(layer, Factorized)]
 
 
 def to_mask(model, mask, spectral, generator, init):
     """`model` factorized in place at the ranks `mask` names (ranks_of_mask), so the mask fits it;
     a mask of a dense architecture leaves a dense model as it is. See `factorize`."""
     return factorize(model, ranks_of_mask(mask), spectral=spectral, generator=generator, init=init)
-
-
-def check_params(hp, model):
-    """A factorized round stores as many weights as the round's weight-pruned ticket would keep
-    (lottery.pruning.driver.kept_weights); what only applies to masks is refused rather than ignored."""
-    if not hp.factorize.enabled:
-        return
-    needs = {
-        "prune.granularity": (hp.prune.granularity, "weight", "it matches the weights a weight-pruned ticket keeps"),
-        "controls.run": (hp.controls.run, [], "the controls retrain a mask's sparsity pattern"),
-        "weight_agnostic.values": (hp.weight_agnostic.values, [], "it evaluates masks of θ0's weights"),
-    }
-    for key, (value, wanted, reason) in needs.items():
-        if value != wanted:
-            raise ParamsError(f"{key} = {value!r}: factorize.enabled trains factorized layers and {reason}; use {wanted!r}")
-    if strategies.REGISTRY[hp.prune.strategy].learns_scores:
-        raise ParamsError(f"prune.strategy = {hp.prune.strategy!r}: searches a mask; factorize.enabled trains factorized layers")
-    if hp.rewind.target == "finetune" and not hp.factorize.spectral_init:
-        raise ParamsError(
-            "factorize.spectral_init = false: rewind.target 'finetune' factorizes the trained weights by truncated SVD; "
-            "plain factors would discard them (use 'init' or 'scratch')"
-        )
-    if hp.rewind.target == "scratch" and hp.rewind.scratch_budget == "flops":
-        raise ParamsError("rewind.scratch_budget = 'flops': Scratch-B stretches a mask's budget; use 'same' with factorize.enabled")
-    target = driver.kept_weights(hp.prune, model, hp.rounds, seed=0)
-    try:
-        matched_ranks(model, target)
-    except ValueError as err:
-        raise ParamsError(f"prune.rate = {hp.prune.rate}: round {hp.rounds}'s ticket keeps {err}") from None
