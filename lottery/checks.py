@@ -26,8 +26,3 @@ def fraction(key, value, closed_low=False, closed_high=False):
         interval = f"{'[' if closed_low else '('}0, 1{']' if closed_high else ')'}"
         raise ParamsError(f"{key} = {value!r}: must be in {interval}")
 
-
-def required(key, value, wanted, reason):
-    """Refuse a value other than the one a switched-on method needs."""
-    if value != wanted:
-        raise ParamsError(f"{key} = {value!r}: {reason}")
