@@ -138,13 +138,18 @@ class Splits:
     augment: object = None  # what training does to each batch of `train` (lottery.augment), or None
 
 
+def augments(dataset, augmentation):
+    """Whether training on `dataset` is augmented, with params `data.augmentation` = `augmentation`."""
+    return augmentation != "none" and DATASETS[dataset].crops_and_flips
+
+
 def augmentation(data_hp):
     """The training augmentation `data.augmentation` asks for on this dataset, or None."""
     from lottery import augment
 
-    spec = DATASETS[data_hp.dataset]
-    if data_hp.augmentation == "none" or not spec.crops_and_flips:
+    if not augments(data_hp.dataset, data_hp.augmentation):
         return None
+    spec = DATASETS[data_hp.dataset]
     return augment.CropFlip(padding=4, black=[-mean / std for mean, std in zip(spec.mean, spec.std)])
 
 

@@ -47,7 +47,7 @@ ADDED = {
 
 # key: whether the key is read, given the params.
 USED_WHEN = {
-    ("data", "augmentation"): lambda hp: data.augmentation(hp.data) is not None,
+    ("data", "augmentation"): lambda hp: data.augments(hp.data.dataset, hp.data.augmentation),
     ("train", "momentum"): lambda hp: hp.train.optimizer == "sgd",
     ("rewind", "finetune_lr"): lambda hp: hp.rewind.target == "finetune",
     ("rewind", "finetune_iterations"): lambda hp: hp.rewind.target == "finetune",
@@ -92,7 +92,7 @@ def digest(tree):
 def _section(hp, name):
     values = _fields(getattr(hp, name))
     if name == "model":
-        values["init"] = catalog.weights_init(hp.model)
+        values["init"] = catalog.weights_init(hp.model.name, hp.model.init)
     for key in NOT_COMPUTED.get(name, ()):
         del values[key]
     for key, earlier in ADDED.get(name, {}).items():

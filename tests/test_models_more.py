@@ -56,7 +56,7 @@ def test_the_paper_init_is_kaiming_for_vgg_and_resnet_and_glorot_for_the_lth_net
     from tests.conftest import default_params, with_overrides
 
     hp = validation.from_dict(with_overrides(default_params(), {"model.name": name, "model.init": "paper"}))
-    assert catalog.weights_init(hp.model) == expected
+    assert catalog.weights_init(hp.model.name, hp.model.init) == expected
     spec = model_spec(hp)  # what the init stage saves θ0 with
     assert spec.get("init", "glorot") == expected
     model = checkpoints.build(spec, seed=hp.seed)

@@ -9,15 +9,20 @@ MNIST images). The step runs under `sys.setprofile`, which sees every Python cal
 - An hp call is a call of a function defined in a `lottery` module that is handed the params:
   one of its arguments is the `Hparams` or one of its sections (`hp.prune`, `hp.data`, ...), or
   holds one as an attribute (`self.hp` of a method, `inputs.hp` of SearchInputs).
+  Methods that `dataclasses` generates (`__init__`, `__hash__`, compiled from a string) are not
+  counted: nobody reads them.
 - Its caller in the walk is the innermost hp call still running when it starts (none for the first).
 - Rooms: the distinct modules of the hp calls.
 - A move: an hp call in another module than its caller in the walk.
 - A climb back up: a move into a room the walk has entered before (its first module, or the
   target of an earlier move). Every move enters a new room or climbs, so climbs = moves - rooms + 1.
 
+`--with-reading` walks the prune@1 stage's reading of params.yaml too (the checks run on the new
+params, as the stage script runs them), not only the step.
+
 Usage, from the checkout to measure (`--root`: another checkout's code, e.g. main's, with this
 same tool and definition):
-    .venv/bin/python tools/hp_walk.py [--strategy magnitude|edge_popup] [--root PATH]
+    .venv/bin/python tools/hp_walk.py [--strategy magnitude|edge_popup] [--with-reading] [--root PATH]
 """
 
 import argparse
@@ -45,6 +50,8 @@ class Walk:
             self.stack.pop()
         if event != "call" or not frame.f_globals.get("__name__", "").startswith("lottery"):
             return
+        if not frame.f_code.co_filename.endswith(".py"):
+            return  # a method that dataclasses wrote (__init__, __hash__): code nobody walks into
         if not any(self.carries_hp(value) for value in _arguments(frame)):
             return
         module = frame.f_globals["__name__"]
@@ -107,18 +114,21 @@ def prepare(hp):
     masks.save(masks.ones(model), paths.mask(0))
 
 
-def walk(strategy):
+def walk(strategy, with_reading):
     from lottery import hparams
     from lottery.steps import prune
 
-    hp = hparams.from_dict(params(strategy))
+    raw = params(strategy)
+    hp = hparams.from_dict(raw)
     prepare(hp)
     recorder = Walk(hp_test(hparams, hp))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the unreachable tracking store's warning
         sys.setprofile(recorder)
         try:
-            prune.prune(hp, 1)
+            # The stage reads its params first (lottery.stage: hparams.load), and the calls that
+            # reading makes on the new params (their checks) are part of the walk.
+            prune.prune(hparams.from_dict(raw) if with_reading else hp, 1)
         finally:
             sys.setprofile(None)
     return recorder
@@ -128,6 +138,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--strategy", default="magnitude", choices=("magnitude", "edge_popup"))
     parser.add_argument("--moves", action="store_true", help="also list each move (caller -> callee)")
+    parser.add_argument("--with-reading", action="store_true", help="also walk the stage's reading of its params")
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose lottery/ runs (default: this one)")
     args = parser.parse_args()
     sys.path.insert(0, str(args.root.resolve()))
@@ -136,7 +147,7 @@ def main():
         tempfile.tempdir = folder  # tracking's probe answers and locks stay in the folder
         os.environ["DVC_ROOT"] = folder
         with contextlib.chdir(folder):
-            recorder = walk(args.strategy)
+            recorder = walk(args.strategy, args.with_reading)
     counts = f"{len(recorder.rooms)} rooms, {len(recorder.moves)} moves, {recorder.climbs} climbs"
     print(f"{args.root.resolve()} ({args.strategy}): {counts}")
     print("rooms, in the order entered: " + ", ".join(recorder.rooms))

@@ -24,9 +24,10 @@ def build(name, input_shape, num_classes, seed, width=1.0, init="glorot", fans=N
     return model
 
 
-def weights_init(model_hp):
-    """The init θ0 is drawn with (base.INITS): model.init `paper` resolves to the model's own."""
-    return REGISTRY[model_hp.name].paper_init if model_hp.init == "paper" else model_hp.init
+def weights_init(name, init):
+    """The init θ0 of model `name` is drawn with (base.INITS), for params `model.init` = `init`:
+    `paper` resolves to the model's own."""
+    return REGISTRY[name].paper_init if init == "paper" else init
 
 
 def check_params(hp):

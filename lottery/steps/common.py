@@ -22,7 +22,7 @@ def test_split(hp):
 def model_spec(hp, compact_of=None):
     spec = data.DATASETS[hp.data.dataset]
     return checkpoints.model_spec(
-        hp.model.name, spec.input_shape, spec.num_classes, hp.model.width, catalog.weights_init(hp.model), compact_of=compact_of
+        hp.model.name, spec.input_shape, spec.num_classes, hp.model.width, catalog.weights_init(hp.model.name, hp.model.init), compact_of=compact_of
     )
 
 
