@@ -142,6 +142,7 @@ def lineages_in_one_store(root, mnist_root, overrides_by_name):
 
     (root / "data").mkdir()
     (root / "data" / "mnist").symlink_to(mnist_root)
+    empty_store(root)
     saved_uri, saved_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     made = {}
