@@ -14,8 +14,9 @@ repro: $(VENV)/.installed $(PLOTS_TEMPLATE)
 	dvc repro
 
 # One worker per core; a test file stays on one worker, so a module's DVC repository is built once.
+# Files go to the workers in collection order, the slowest first (tests/conftest.py SLOWEST_FILES).
 test: $(VENV)/.installed $(PLOTS_TEMPLATE)
-	$(PYTHON) -m pytest -q -n logical --dist loadfile
+	$(PYTHON) -m pytest -q -n logical --dist loadfile --no-loadscope-reorder
 
 venv: $(VENV)/.installed
 

@@ -1,11 +1,15 @@
 import contextlib
 import copy
 import fcntl
+import functools
 import json
+import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +28,10 @@ TINY = {
     "rounds": hparams.rounds_section(2),
     "tracking.registered_model": "",  # registering costs seconds: the one test of it turns it on
 }
+
+# Evaluation sets of 200 images, for a lineage whose file checks no accuracy closely: its
+# evaluations (every eval_every iterations, and each weight-agnostic value's) cost a fifth.
+SMALL_EVALUATION = {"data.test_subset": 200, "data.validation_size": 200}
 
 
 def default_params():
@@ -82,6 +90,7 @@ def reproduced_repo(tmp_path_factory, mnist_root, name, overrides):
     """A DVC project of the tiny params with `overrides` after a real `dvc repro`, its stages
     logging to a SQLite MLflow store inside it."""
     repo = dvc_project(tmp_path_factory.mktemp(name), tiny_params(mnist_root, overrides))
+    empty_store(repo)
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
     try:
@@ -133,6 +142,7 @@ def lineages_in_one_store(root, mnist_root, overrides_by_name):
 
     (root / "data").mkdir()
     (root / "data" / "mnist").symlink_to(mnist_root)
+    empty_store(root)
     saved_uri, saved_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     made = {}
@@ -179,6 +189,30 @@ def store_view(uri, experiment):
     return view
 
 
+@functools.cache
+def _empty_store_bytes():
+    """The bytes of a SQLite store that MLflow has just laid out (no runs, its Default experiment)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    logging.disable(logging.INFO)  # MLflow's lines on laying out tables: no test's output
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            db = Path(folder) / "mlflow.db"
+            SqlAlchemyStore(f"sqlite:///{db}", str(Path(folder) / "mlruns")).engine.dispose()
+            return db.read_bytes()
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def empty_store(folder):
+    """`folder`/mlflow.db as MLflow lays it out on first use there, copied: laying out its tables
+    takes MLflow over a second of CPU, for every fresh store of every test."""
+    db = folder / "mlflow.db"
+    db.write_bytes(_empty_store_bytes())
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(folder / "mlruns" / "0"),))
+
+
 @pytest.fixture
 def make_hp():
     def make(**overrides):
@@ -193,8 +227,37 @@ def workdir(tmp_path, monkeypatch, mnist_root):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "mnist").symlink_to(mnist_root)
     monkeypatch.chdir(tmp_path)
+    empty_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return tmp_path
+
+
+# The test files that take longest (each builds real DVC lineages or waits on real processes), longest
+# first. `make test` hands whole files to its workers in collection order (--no-loadscope-reorder),
+# so these start first and the many quick files fill in around them, instead of one long file
+# starting last and running alone at the end.
+SLOWEST_FILES = (
+    "test_stops.py",
+    "test_two_users.py",
+    "test_dvc_pipeline.py",
+    "test_dvc_structured.py",
+    "test_dvc_remote.py",
+    "test_tracking_fresh.py",
+    "test_project_moves.py",
+    "test_dvc_supermask.py",
+    "test_tracking_server.py",
+    "test_distributed.py",
+    "test_resume.py",
+    "test_early_bird.py",
+    "test_dvc_queue.py",
+    "test_dvc_factorized.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    """The files of SLOWEST_FILES first, in its order; every other file after them, as collected."""
+    rank = {name: place for place, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOWEST_FILES)))
 
 
 def pytest_configure(config):

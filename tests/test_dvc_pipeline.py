@@ -9,7 +9,7 @@ import sys
 import mlflow
 import pytest
 
-from tests.conftest import PROJECT, TINY, default_params, dvc_project, sh, with_overrides
+from tests.conftest import PROJECT, TINY, default_params, dvc_project, empty_store, sh, with_overrides
 
 # metrics/headline.json, in the order `dvc exp show` shows it (lottery.report.headline).
 HEADLINE = ("dense_acc", "match_weights", "match_acc", "last_round", "last_weights", "last_acc", "verdict")
@@ -22,6 +22,7 @@ def repo(tmp_path_factory, mnist_root):
         {**TINY, "data.source": "local", "data.local_root": str(mnist_root), "controls.run": ["reinit"]},
     )
     repo = dvc_project(tmp_path_factory.mktemp("project"), params)
+    empty_store(repo)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
     sh(repo, "dvc", "repro")
     yield repo

@@ -24,8 +24,10 @@ from tests.conftest import dvc_project, sh, tiny_params
 from tests.test_tracking_server import free_port
 from tests.test_warm import wait_for_worker
 
-# About 12 s of two-rank training here: long enough to stop it part-way.
-ITERATIONS = 1500
+# About 6 s of two-rank training here: long enough to stop it part-way (TRAINING_CPU_S into it)
+# with seconds to spare, short enough that the tests' waits for a stopped stage's would-be writes
+# (1.5 times what is left of a train) stay short.
+ITERATIONS = 800
 PARALLEL = {
     "rounds": hparams.rounds_section(1),
     "distributed.processes_per_node": 2,
@@ -196,9 +198,10 @@ def run_status(repo, round_):
 def parallel(tmp_path_factory, mnist_root):
     """A project whose two-rank `train` has run (so round 0's MLflow run exists), a warm worker
     for its stages, and how many seconds a `train` left alone goes on, from the point where these
-    tests stop one, until it has written its outputs and ended."""
+    tests stop one, until it has written its outputs and ended. That `train` is the timed one: DVC
+    runs the stages before it."""
     repo = dvc_project(tmp_path_factory.mktemp("stops"), tiny_params(mnist_root, PARALLEL)).resolve()
-    sh(repo, "dvc", "repro", "train", env={"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"})
+    sh(repo, "dvc", "repro", "data", "init", env={"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"})
     wait_for_worker(stage_env(repo))
     alone = Started(repo, TRAIN, stage_env(repo))
     wait_for_training(repo)
