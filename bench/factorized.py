@@ -61,12 +61,12 @@ from arms import (
 )
 from structured_fmnist import ROOT, copy_dense_run, enter_workspace, interleaved_latency, parse_seeded_args
 
-from lottery import channels, checkpoints, compression, data, hparams, identity, masks, models, paths, pipeline, validation  # noqa: E402
-from lottery.pruning import driver
-from lottery.models import catalog
+from lottery import channels, checkpoints, compression, data, hparams, identity, masks, paths, pipeline  # noqa: E402
+from lottery import records, report, tracking, validation  # noqa: E402
 from lottery.factorize import layers, plans  # noqa: E402
-from lottery import records, report, tracking  # noqa: E402
 from lottery.io import read_json, write_json, write_text  # noqa: E402
+from lottery.models import catalog  # noqa: E402
+from lottery.pruning import driver  # noqa: E402
 
 RATIOS = (0.10, 0.05, 0.02)
 # name: (factorize.spectral_init, factorize.frobenius_decay)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from repro_time import ROOT, mnist_root, save
 
-from lottery import hparams, validation  # noqa: E402
+from lottery import validation  # noqa: E402
 from lottery.lineage_catalog import LineageCatalog  # noqa: E402
 from lottery.runs import COMPLETE_METRIC  # noqa: E402
 from tests.conftest import commit, dvc_project, tiny_params  # noqa: E402

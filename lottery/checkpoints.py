@@ -11,10 +11,10 @@ it came from), so its bytes are the same wherever and whenever the same weights 
 params that made it are in dvc.lock (per stage) and in the lineage's MLflow runs.
 """
 
-from lottery import channels, compression, models
-from lottery.models import catalog
+from lottery import channels, compression
 from lottery.factorize import layers
 from lottery.io import load_torch, save_torch
+from lottery.models import catalog
 
 
 def save(path, model, *, spec, round_, iteration, parents, sparse_mask=None):

@@ -25,4 +25,3 @@ def fraction(key, value, closed_low=False, closed_high=False):
     if not (low_ok and high_ok):
         interval = f"{'[' if closed_low else '('}0, 1{']' if closed_high else ')'}"
         raise ParamsError(f"{key} = {value!r}: must be in {interval}")
-

@@ -25,6 +25,7 @@ STRATEGY_NAMES = {"magnitude": "magnitude", "bn_slimming": "slimming", "l1_filte
 # `lineage list`: the columns no terminal is too narrow for.
 LISTED = ("run", "method", "rounds", "remaining", "accuracy")
 
+
 def summary_row(lineage):
     """What `lineage list` shows of a lineage."""
     tags, params = lineage.parent.data.tags, lineage.parent.data.params

@@ -147,4 +147,3 @@ def weights(fraction):
 
 def _row(cells):
     return "| " + " | ".join(cells) + " |"
-

@@ -48,12 +48,12 @@ class RunIndex:
     def run_id(self, run, create=True):
         """The run carrying this lineage's and `run`'s tags; created if missing (unless `create` is False)."""
         if run not in self._ids:
-            identity = {KIND_TAG: run.kind}
+            branch = {KIND_TAG: run.kind}
             if run.round is not None:
-                identity[ROUND_TAG] = str(run.round)
+                branch[ROUND_TAG] = str(run.round)
             if run.control:
-                identity[CONTROL_TAG] = run.control
-            condition = " and ".join(f"tags.`{k}` = '{v}'" for k, v in {LINEAGE_TAG: self.lineage, **identity}.items())
+                branch[CONTROL_TAG] = run.control
+            condition = " and ".join(f"tags.`{k}` = '{v}'" for k, v in {LINEAGE_TAG: self.lineage, **branch}.items())
             found = self.client.search_runs(
                 [self.experiment_id], filter_string=condition, order_by=["attributes.start_time ASC"], max_results=1
             )
@@ -62,7 +62,7 @@ class RunIndex:
             elif not create:
                 return None
             else:
-                tags = {LINEAGE_TAG: self.lineage, **identity, **self._creation_tags(run)}
+                tags = {LINEAGE_TAG: self.lineage, **branch, **self._creation_tags(run)}
                 self._ids[run] = self.client.create_run(self.experiment_id, tags=tags).info.run_id
         return self._ids[run]
 

@@ -240,7 +240,7 @@ class FactorizeHparams:
     frobenius_decay: bool  # train.weight_decay on the factors as (λ/2)‖UVᵀ‖²_F (FD) | as (λ/2)(‖U‖² + ‖V‖²)
 
     def check(self):
-        pass  # booleans; what factorizing needs of the other sections is the method's rule (lottery.validation)
+        pass  # booleans; what factorizing needs of the other sections is its own rule (lottery.factorize.rules)
 
 
 @dataclass(frozen=True)

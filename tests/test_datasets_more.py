@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lottery import data, validation
+from lottery import data
 from tests.test_data import data_hp
 
 FASHION_FILES = sorted(data.DATASETS["fashion_mnist"].raw_digests)

@@ -19,6 +19,7 @@ PACKAGE = {
     "stages/other.py": "from lottery import helper\n",
 }
 
+
 @pytest.fixture
 def project(tmp_path):
     for name, text in PACKAGE.items():

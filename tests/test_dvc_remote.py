@@ -80,4 +80,3 @@ def test_the_clone_finds_its_lineage_on_the_team_server(team):
     assert [row["round"] for row in shown["rounds"]] == [0, 1]
     round_1 = json.loads((team.clone / "metrics/rounds/round_1.json").read_text())
     assert shown["rounds"][1]["test_accuracy_at_early_stop"] == round_1["test_accuracy_at_early_stop"]
-

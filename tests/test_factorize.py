@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import checkpoints, hparams, identity, masks, models, paths, pipeline, training, validation
-from lottery.pruning import driver
-from lottery.models import catalog
+from lottery import checkpoints, hparams, identity, masks, paths, pipeline, training, validation
 from lottery.errors import ParamsError
 from lottery.factorize import decay, layers, plans
 from lottery.io import read_json
+from lottery.models import catalog
+from lottery.pruning import driver
 from tests.conftest import tiny_params
 
 FACTORIZED = {"factorize.enabled": True, "weight_agnostic.values": [], "prune.rate": 0.5}

@@ -7,7 +7,7 @@ import mlflow
 import pytest
 import torch
 
-from lottery import cli, hparams, lineage, paths, pipeline, validation
+from lottery import cli, lineage, paths, pipeline, validation
 from lottery.errors import ParamsError
 from lottery.lineage_catalog import LineageCatalog, LineageError
 from tests.conftest import TINY, lineages_in_one_store, with_overrides

@@ -51,7 +51,7 @@ def test_same_seed_same_init_and_batchnorm_starts_at_one_and_zero(name):
     [("vgg11", "kaiming_normal"), ("resnet20", "kaiming_normal"), ("conv2", "glorot"), ("lenet_300_100", "glorot")],
 )
 def test_the_paper_init_is_kaiming_for_vgg_and_resnet_and_glorot_for_the_lth_nets(name, expected):
-    from lottery import checkpoints, hparams
+    from lottery import checkpoints
     from lottery.steps.common import model_spec
     from tests.conftest import default_params, with_overrides
 

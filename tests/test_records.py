@@ -8,7 +8,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from lottery import deps, hparams, io, lineage_catalog, mlflow_connection, paths, pipeline, provenance, records, reproduce, tracking, validation
+from lottery import deps, io, lineage_catalog, mlflow_connection, paths, pipeline, provenance, records, reproduce, tracking, validation
 from tests.conftest import PROJECT, TINY, default_params, run_stage, store_view, with_overrides
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lottery import hparams, paths, pipeline, resume
-from tests.conftest import PROJECT, dvc_project, tiny_params
+from tests.conftest import dvc_project, tiny_params
 from tests.test_early_bird import eb_params
 from tests.test_supermask import SUPERMASK
 

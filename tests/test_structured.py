@@ -7,11 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import channels, checkpoints, compression, controls, hparams, masks, models, pipeline, slimming, training, validation
-from lottery.pruning import driver
-from lottery.models import catalog
+from lottery import channels, checkpoints, compression, controls, hparams, masks, pipeline, slimming, training, validation
 from lottery.errors import ParamsError
-from lottery.models import base
+from lottery.models import base, catalog
+from lottery.pruning import driver
 from tests.conftest import default_params, with_overrides
 
 VGG = dict(name="vgg11", input_shape=(1, 28, 28), num_classes=10, seed=0, width=0.25)

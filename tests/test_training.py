@@ -3,9 +3,9 @@ import dataclasses
 import pytest
 import torch
 
-from lottery import callbacks, data, hparams, masks, models, pipeline, training
-from lottery.models import catalog
+from lottery import callbacks, data, masks, pipeline, training
 from lottery.errors import ParamsError
+from lottery.models import catalog
 from lottery.steps import common
 
 

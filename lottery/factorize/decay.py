@@ -24,8 +24,6 @@ def add_frobenius_decay_gradient(factorized, strength):
         layer.inner.weight.grad.add_(layer.inner_weight(v @ (u.T @ u)), alpha=strength)
 
 
-
-
 class FrobeniusDecay(Callback):
     """Frobenius decay at `strength` (train.weight_decay) on `model`'s factorized layers, whose
     factors the optimizer's plain L2 then spares; 0: no decay at all."""

@@ -58,5 +58,3 @@ def _topped_up(model, ranks, target_weights):
             ranks[name] += 1
             spare -= m + n
     return ranks
-
-

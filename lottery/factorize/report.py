@@ -31,5 +31,3 @@ def sparsity_report(model, mask):
     total = sum(layer["weights"] for layer in per_layer.values())
     kept = sum(layer["kept"] for layer in per_layer.values())
     return {"layers": per_layer, "weights": total, "kept": kept, "weights_remaining": kept / total}
-
-
