@@ -9,6 +9,7 @@
   lottery lineage reproduce L      re-run a lineage from its commit and params; do results match?
   lottery warm status | stop       the warm worker that serves this interpreter: its pid, start, log; stop it
   lottery compare A B ...          lineages or seed groups side by side at equal weights remaining
+  lottery sweep -S KEY=V1,V2 ...   one DVC experiment per point of a grid, on a Ray cluster
 """
 
 import argparse
@@ -228,6 +229,62 @@ def cmd_compare(args):
     _emit(args, result, f"{text}\n\nfigure: {args.figure}{logged}")
 
 
+def cmd_sweep(args):
+    from lottery.sweep import driver
+
+    options = driver.Options(
+        settings=args.set, seeds=args.seeds, address=args.address, gpus_per_experiment=args.gpus_per_experiment,
+        cpus_per_experiment=args.cpus_per_experiment, git_remote=args.git_remote, dvc_remote=args.dvc_remote,
+        retries=args.retries, workdir=args.workdir, keep=args.keep,
+    )
+    with terminal.Bar("sweep", 0) as bar:
+        outcome = driver.sweep(options, bar=bar)
+    print(format_sweep(outcome))
+    if outcome.failed:
+        sys.exit(1)
+
+
+def format_sweep(outcome):
+    """The sweep's last lines: how many points ran, were finished before and failed; a table of the failures."""
+    lines = [f"{len(outcome.ran)} ran, {len(outcome.finished_before)} finished before, {len(outcome.failed)} failed"]
+    if outcome.failed:
+        rows = [{"point": point.name, "params": point.label(), "error": error} for point, error in outcome.failed]
+        lines += ["", table(rows)]
+    if outcome.ran:
+        lines += ["", "`dvc exp show` lists them; `lottery compare` reads their lineages from MLflow"]
+    return "\n".join(lines)
+
+
+def _positive(text):
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be > 0")
+    return value
+
+
+def _not_negative(text):
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be >= 0")
+    return value
+
+
+def _sweep_parser(commands):
+    sweep = commands.add_parser("sweep", help="one DVC experiment per point of a grid, on a Ray cluster")
+    sweep.add_argument("-S", "--set", action="append", default=[], metavar="KEY=V1[,V2...]",
+                       help="a params key and its values (YAML; commas outside brackets separate values); repeat for a grid")
+    sweep.add_argument("--seeds", type=int, nargs="+", default=[], help="every point once per seed")
+    sweep.add_argument("--address", help="join the Ray cluster at this address (default: start a local one for the sweep)")
+    sweep.add_argument("--gpus-per-experiment", type=_not_negative, help="GPUs each experiment gets (default: 1 where the cluster has GPUs, else 0)")
+    sweep.add_argument("--cpus-per-experiment", type=_positive, default=1, help="CPUs each experiment gets, and as many torch threads (default: 1)")
+    sweep.add_argument("--git-remote", default="origin", help="where the commit goes and the experiments come back (default: origin)")
+    sweep.add_argument("--dvc-remote", help="the DVC remote for outputs (default: the committed config's default remote)")
+    sweep.add_argument("--retries", type=int, default=3, help="times a point runs again after its node died (default: 3)")
+    sweep.add_argument("--workdir", help="folder on each node for the workspaces (default: $TMPDIR/lottery-sweep-<uid>)")
+    sweep.add_argument("--keep", action="store_true", help="keep each finished point's workspace and log")
+    sweep.set_defaults(handler=cmd_sweep)
+
+
 def parser():
     main = argparse.ArgumentParser(prog="lottery", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     main.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -251,6 +308,7 @@ def parser():
     compare.add_argument("--uri", help="tracking URI (default: params' tracking.uri or $MLFLOW_TRACKING_URI)")
     compare.add_argument("--experiment", help="MLflow experiment (default: params' tracking.experiment)")
     compare.set_defaults(handler=cmd_compare)
+    _sweep_parser(commands)
     lineage = commands.add_parser("lineage", help="list, show, diff and reproduce lineages").add_subparsers(
         dest="action", required=True
     )
@@ -285,8 +343,8 @@ def main(argv=None):
     args = parser().parse_args(argv)
     if argv is None:
         # Run as a program (`lottery`, `python -m lottery`): in the warm worker when one answers
-        # (`lottery warm`, which is about that worker, runs here), printing its own lines only.
-        if args.command != "warm":
+        # (`lottery warm`, which is about that worker, and `lottery sweep` run here), printing its own lines only.
+        if args.command not in ("warm", "sweep"):  # sweep: Ray's processes are no warm worker's forks
             warm.hand_off("__main__", module="lottery")
         terminal.quiet_libraries()
     try:

@@ -87,7 +87,11 @@ class Bar:
 
     def step(self, note=""):
         """One more of `total` done; `note` says what is under way now."""
-        self.done += 1
+        self.set(self.done + 1, note)
+
+    def set(self, done, note=""):
+        """`done` of `total` done; `note` says what is under way now."""
+        self.done = done
         self._draw(note)
 
     def _draw(self, note):

@@ -1,0 +1,66 @@
+"""A sweep's points as Ray tasks: a local Ray started for the sweep, or the cluster at `--address`.
+
+Each point is one task that asks Ray for `cpus_per_experiment` CPUs and `gpus_per_experiment`
+GPUs (by default 1 where the cluster has GPUs, 0 where it has none); Ray places it on a node
+with them free, and runs it again elsewhere, up to `retries` times, if its node dies under it.
+A point that fails for a reason of its own (a stage's error) is not retried: its task returns the
+line that says why.
+"""
+
+import time
+
+from lottery.sweep import task
+
+POLL_SECONDS = 0.5
+
+
+def connect(address):
+    import ray
+
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.cloudpickle.register_pickle_by_value(task)  # nodes run the task without this checkout
+
+
+def here():
+    """Placement on the driver's node, which outlives the sweep's nodes or ends the sweep with it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def default_gpus():
+    import ray
+
+    return 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+
+
+def run(specs, options, bar):
+    """{point name: None, or the line that says why it failed} of every spec, run on Ray."""
+    import ray
+
+    connect(options.address)
+    try:
+        gpus = default_gpus() if options.gpus_per_experiment is None else options.gpus_per_experiment
+        progress = task.Progress.options(scheduling_strategy=here()).remote()
+        submit = task.run_point.options(num_cpus=options.cpus_per_experiment, num_gpus=gpus, max_retries=options.retries)
+        names = {submit.remote(spec, progress): spec["name"] for spec in specs}
+        return wait(names, progress, bar)
+    finally:
+        ray.shutdown()
+
+
+def wait(names, progress, bar):
+    import ray
+
+    results, pending = {}, list(names)
+    while pending:
+        done, pending = ray.wait(pending, timeout=POLL_SECONDS)
+        for ref in done:
+            try:
+                results[names[ref]] = ray.get(ref)
+            except ray.exceptions.RayError as err:  # its node died more often than `retries`
+                results[names[ref]] = f"{type(err).__name__}: {str(err).strip().splitlines()[0]}"
+        failed = sum(1 for error in results.values() if error)
+        bar.set(len(results), f"{ray.get(progress.running.remote())} running, {failed} failed")
+    return results

@@ -1,0 +1,158 @@
+"""The parts of `lottery sweep` that need no cluster: the grid, a point's environment (its GPUs and
+threads), the line that says why a point failed, and the checks that stop a sweep before it starts.
+tests/test_sweep.py runs whole sweeps on a real 2-node Ray cluster."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lottery import hparams
+from lottery.errors import ParamsError, UserError
+from lottery.sweep import driver, grid, task, workspace
+from tests.conftest import commit, default_params, dvc_project, sh, tiny_params
+
+
+def test_values_split_at_commas_outside_brackets_and_quotes():
+    assert grid.split_values("0.1,[reinit,random_sparse],'a,b',{x: 1, y: 2}") == [
+        "0.1", "[reinit,random_sparse]", "'a,b'", "{x: 1, y: 2}"]
+
+
+def test_a_setting_reads_its_values_as_yaml():
+    assert grid.parse_setting("controls.run=[reinit,random_sparse],[]") == ("controls.run", [["reinit", "random_sparse"], []])
+    assert grid.parse_setting("prune.rate=0.2,0.3") == ("prune.rate", [0.2, 0.3])
+    assert grid.parse_setting("train.tf32=true") == ("train.tf32", [True])
+
+
+@pytest.mark.parametrize("text", ["prune.rate", "=0.2", "prune.rate=", "prune.rate=[0.2"])
+def test_a_malformed_setting_is_one_line_naming_it(text):
+    with pytest.raises(ParamsError) as raised:
+        grid.parse_setting(text)
+    assert "\n" not in str(raised.value) and ("-S" in str(raised.value))
+
+
+def test_points_cross_every_setting_with_every_seed_and_keep_their_names():
+    points = grid.points(["prune.rate=0.2,0.3", "train.lr=0.1,0.01"], seeds=[0, 1, 2])
+    assert len(points) == 12
+    assert points[0].overrides == {"prune.rate": 0.2, "train.lr": 0.1, "seed": 0}
+    assert len({point.name for point in points}) == 12
+    again = grid.points(["train.lr=0.1,0.01", "prune.rate=0.2,0.3"], seeds=[2, 1, 0])
+    assert {p.name for p in again} == {p.name for p in points}  # a point's name is its overrides, in any order
+    assert grid.points(["prune.rate=0.2,0.2"]) == grid.points(["prune.rate=0.2"])
+
+
+def test_a_key_set_twice_is_refused():
+    with pytest.raises(ParamsError, match="set twice"):
+        grid.points(["seed=1"], seeds=[0])
+
+
+def test_overrides_set_values_and_a_round_count_and_refuse_missing_keys():
+    raw = default_params()
+    applied = grid.applied(raw, {"prune.rate": 0.5, "rounds": 3})
+    assert applied["prune"]["rate"] == 0.5 and applied["rounds"] == hparams.rounds_section(3)
+    assert raw["prune"]["rate"] != 0.5  # the original is left as it was
+    with pytest.raises(ParamsError, match="-S prune.rat: params.yaml has no such key"):
+        grid.applied(raw, {"prune.rat": 0.5})
+    with pytest.raises(ParamsError, match="rounds=0"):
+        grid.applied(raw, {"rounds": 0})
+
+
+def test_overrides_written_into_params_yaml_keep_its_comments(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("# the seed\nseed: 0\nprune:\n  rate: 0.2  # per round\n  scope: global\n")
+    workspace.write_overrides(path, {"seed": 7, "prune.rate": 0.3})
+    assert path.read_text() == "# the seed\nseed: 7\nprune:\n  rate: 0.3  # per round\n  scope: global\n"
+
+
+def test_a_point_sees_only_its_gpus_and_as_many_threads_as_cpus():
+    node = {"PATH": "/usr/bin", "CUDA_VISIBLE_DEVICES": "0,1,2,3", "HOME": "/root"}
+    env = task.experiment_environment(node, [2], 4, {"MLFLOW_TRACKING_URI": "http://team:5000"}, python="/venv/bin/python")
+    assert env["CUDA_VISIBLE_DEVICES"] == "2" and env["OMP_NUM_THREADS"] == "4"
+    assert env["PATH"] == "/venv/bin:/usr/bin" and env["MLFLOW_TRACKING_URI"] == "http://team:5000" and env["HOME"] == "/root"
+    assert task.experiment_environment(node, [0, 1], 0.5, {})["CUDA_VISIBLE_DEVICES"] == "0,1"
+    cpu_only = task.experiment_environment(node, [], 0.5, {})
+    assert cpu_only["CUDA_VISIBLE_DEVICES"] == "" and cpu_only["OMP_NUM_THREADS"] == "1"
+
+
+def test_an_empty_cuda_visible_devices_hides_every_gpu_from_torch():
+    env = task.experiment_environment(os.environ, [], 1, {})
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"], env=env, capture_output=True, text=True)
+    assert probe.stdout.strip() == "0"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch finds no GPU here")
+def test_a_ray_task_with_one_gpu_gives_its_point_exactly_that_gpu():
+    import ray
+
+    ray.init(include_dashboard=False, num_gpus=torch.cuda.device_count())
+    try:
+        @ray.remote(num_gpus=1)
+        def visible():
+            env = task.experiment_environment(os.environ, ray.get_gpu_ids(), 1, {})
+            probe = "import torch; print(torch.cuda.device_count())"
+            return env["CUDA_VISIBLE_DEVICES"], subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True).stdout.strip()
+
+        devices, count = ray.get(visible.remote())
+        assert count == "1" and devices.isdigit()
+    finally:
+        ray.shutdown()
+
+
+def test_the_failure_line_is_the_stages_error_line(tmp_path):
+    log = tmp_path / "point.log"
+    log.write_text("Running stage 'train':\n> python -m stages.train\nerror: stopped by SIGTERM during train\nERROR: failed to reproduce 'train'\n")
+    assert task.last_error(log) == "ERROR: failed to reproduce 'train'"
+    log.write_text("Running stage 'train':\nerror: data/mnist: no such file\nsomething else\n")
+    assert task.last_error(log) == "error: data/mnist: no such file"
+
+
+@pytest.fixture
+def project(tmp_path, mnist_root):
+    (tmp_path / "project").mkdir()
+    repo = dvc_project(tmp_path / "project", tiny_params(mnist_root, {}))
+    sh(tmp_path, "git", "init", "-q", "--bare", "origin.git")
+    sh(repo, "git", "remote", "add", "origin", str(tmp_path / "origin.git"))
+    sh(repo, "dvc", "remote", "add", "-d", "team", str(tmp_path / "dvc-remote"))
+    commit(repo, "baseline")
+    return repo
+
+
+def sweep(repo, *args):
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "lottery", "sweep", *args], cwd=repo, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, line", [
+    (["-S", "prune.rat=0.2"], "error: -S prune.rat: params.yaml has no such key"),
+    (["-S", "prune.rate"], "error: -S 'prune.rate': expected KEY=VALUE[,VALUE...], e.g. -S prune.rate=0.2,0.3"),
+    (["-S", "prune.rate=0.2", "--git-remote", "upstream"], "error: git remote get-url upstream: error: No such remote 'upstream'"),
+    (["-S", "prune.rate=0.2", "--dvc-remote", "nas"], "error: --dvc-remote nas: not a remote of the committed .dvc/config"),
+])
+def test_a_bad_argument_stops_the_sweep_in_one_line_before_it_starts(project, args, line):
+    done = sweep(project, *args)
+    assert done.returncode == 1 and done.stderr.strip() == line
+    assert sh(project, "git", "ls-remote", "origin") == ""  # nothing pushed, nothing run
+
+
+def test_uncommitted_params_stop_the_sweep(project):
+    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("seed: 0", "seed: 5"))
+    with pytest.raises(UserError, match="uncommitted changes in params.yaml: a sweep runs your last commit"):
+        driver.committed(project)
+
+
+def test_a_refused_point_is_refused_alone():
+    raw = default_params()
+    points = grid.points(["train.lr=0.001,-1", "prune.rate=0.2"])
+    assert driver.refused(raw, points) == {points[1].name: "train.lr = -1.0: must be > 0"}
+
+
+def test_a_relative_sqlite_store_is_refused_and_the_default_store_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    raw = default_params()
+    assert driver.environment(raw)["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw["tracking"]["uri"] = "sqlite:///runs.db"
+    with pytest.raises(ParamsError, match="tracking.uri = 'sqlite:///runs.db'"):
+        driver.environment(raw)
