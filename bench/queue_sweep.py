@@ -102,8 +102,13 @@ def sweep(repo, seeds, workers, env):
 
 def complete_lineages(repo):
     """Lineages in the copy's default MLflow store (mlflow.db at its root) whose every round has its results."""
+    return complete_lineages_at(f"sqlite:///{repo / 'mlflow.db'}", repo)
+
+
+def complete_lineages_at(uri, repo):
+    """Lineages of `repo`'s params in the MLflow store at `uri` whose every round has its results."""
     hp = validation.load(repo / "params.yaml")
-    catalog = LineageCatalog(f"sqlite:///{repo / 'mlflow.db'}", hp.tracking.experiment)
+    catalog = LineageCatalog(uri, hp.tracking.experiment)
     return sum(is_complete(catalog.load(parent), hp.rounds) for parent in catalog.parents())
 
 

@@ -3,11 +3,13 @@ threads), the line that says why a point failed, and the checks that stop a swee
 tests/test_sweep.py runs whole sweeps on a real 2-node Ray cluster."""
 
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from pathlib import Path
 
 from lottery import hparams
 from lottery.errors import ParamsError, UserError
@@ -108,6 +110,35 @@ def test_the_failure_line_is_the_stages_error_line(tmp_path):
     assert task.last_error(log) == "error: data/mnist: no such file"
 
 
+def test_in_round_saves_are_mirrored_to_the_dvc_remote_and_fetched_back(tmp_path, monkeypatch):
+    from dvc.repo import Repo
+
+    repo = tmp_path / "project"
+    repo.mkdir()
+    sh(repo, "git", "init", "-q")
+    sh(repo, "dvc", "init", "-q")
+    sh(repo, "dvc", "remote", "add", "-d", "team", str(tmp_path / "remote"))
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    saves = repo / ".lottery" / "saves"
+    saves.mkdir(parents=True)
+    (saves / "train-0123.pt").write_bytes(b"train state")
+    (saves / ".train-0123.pt.ab12.tmp").write_bytes(b"half written")
+    mirrored = tmp_path / "remote" / workspace.SAVES_ON_REMOTE / "sweep-abc"
+    with Repo(str(repo)) as dvc:
+        workspace.RemoteSaves(dvc, "sweep-abc", 60).upload()
+        assert sorted(p.name for p in mirrored.iterdir()) == ["train-0123.pt"]
+        (saves / "train-0123.pt").unlink()  # the loop ended: its save goes from the remote too
+        (saves / "retrain@1-4567.pt").write_bytes(b"retrain state")
+        workspace.RemoteSaves(dvc, "sweep-abc", 60).upload()
+        assert sorted(p.name for p in mirrored.iterdir()) == ["retrain@1-4567.pt"]
+        shutil.rmtree(saves)  # another node's workspace starts empty
+        workspace.RemoteSaves(dvc, "sweep-abc", 60).download()
+        assert (saves / "retrain@1-4567.pt").read_bytes() == b"retrain state"
+        workspace.RemoteSaves(dvc, "sweep-abc", 60).remove()
+        assert not mirrored.exists()
+
+
 @pytest.fixture
 def project(tmp_path, mnist_root):
     (tmp_path / "project").mkdir()
@@ -156,3 +187,17 @@ def test_a_relative_sqlite_store_is_refused_and_the_default_store_made_absolute(
     raw["tracking"]["uri"] = "sqlite:///runs.db"
     with pytest.raises(ParamsError, match="tracking.uri = 'sqlite:///runs.db'"):
         driver.environment(raw)
+
+
+def test_a_failing_point_and_a_refused_point_fail_alone_in_the_table(project, tmp_path):
+    # On a local Ray started for the sweep: the refused point never starts; the other fails in its
+    # data stage, and the table shows the stage's own error line.
+    done = sweep(project, "-S", "train.lr=-1,0.001", "-S", f"data.local_root={tmp_path / 'nowhere'}", "--workdir", str(tmp_path / "work"))
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "0 ran, 0 finished before, 2 failed"
+    refused, failed = (next(line.rstrip() for line in lines if f"train.lr={lr} " in line) for lr in ("-1", "0.001"))
+    assert refused.endswith("train.lr = -1.0: must be > 0")
+    assert "error:" in failed and "nowhere" in failed and "(log: " in failed
+    log = failed.split("(log: ")[1].rstrip(")").split(":", 1)[1]
+    assert Path(log).is_file() and not Path(log).with_suffix("").exists()  # the log is kept, the workspace is not

@@ -13,9 +13,11 @@ node that loses its raylet leaves no stage writing to MLflow while Ray runs the 
 """
 
 import ctypes
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -79,7 +81,8 @@ def last_error(log):
 
 @ray.remote
 def run_point(spec, progress):
-    """Run one point; None when its experiment reached the git remote, else the line that says why not."""
+    """Run one point; None when its experiment reached the git remote, else the line that says why
+    not. The workspace is removed afterwards (unless `keep`), the log too if the point succeeded."""
     progress.start.remote(spec["name"])
     base = Path(spec["workdir"] or Path(tempfile.gettempdir()) / f"lottery-sweep-{os.getuid()}")
     workspace = base / f"{spec['name']}-{uuid.uuid4().hex[:8]}"
@@ -90,14 +93,16 @@ def run_point(spec, progress):
     try:
         clone(spec["git_remote"], spec["commit"], workspace)
         with open(log, "w") as out:
-            runner = [sys.executable, "-m", "lottery.sweep.workspace", __import__("json").dumps(spec)]
+            runner = [sys.executable, "-m", "lottery.sweep.workspace", json.dumps(spec)]
             status = subprocess.run(runner, cwd=workspace, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, preexec_fn=_dies_with_parent).returncode
-        return None if status == 0 else last_error(log)
+        error = None if status == 0 else f"{last_error(log)} (log: {socket.gethostname()}:{log})"
     except subprocess.CalledProcessError as err:
-        return f"{' '.join(err.cmd[:2])} failed: {err.stderr.decode(errors='replace').strip().splitlines()[-1:]}"
+        error = f"git {err.cmd[1]} failed: {(err.stderr.decode(errors='replace').strip().splitlines() or [''])[-1]}"
     finally:
         progress.end.remote(spec["name"])
-        if not spec["keep"]:
-            shutil.rmtree(workspace, ignore_errors=True)
+    if not spec["keep"]:
+        shutil.rmtree(workspace, ignore_errors=True)
+        if error is None:
             log.unlink(missing_ok=True)
+    return error
