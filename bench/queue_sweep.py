@@ -78,7 +78,10 @@ def warm_up(repo, env):
     """Start the warm worker that the stages of `env` use and wait until it has imported everything."""
     probe = "from lottery import warm; print(warm.socket_path())"
     socket = Path(run(repo, env, sys.executable, "-c", probe).strip())
-    run(repo, env, sys.executable, "-m", "lottery", "--help")
+    # A command that hands itself to the worker (`--help` ends before that) and writes nothing in
+    # `repo`; that it finds no lineage there (status 1) does not matter.
+    probe_store = f"sqlite:///{repo.parent / 'warm-probe.db'}"
+    subprocess.run([sys.executable, "-m", "lottery", "lineage", "list", "--uri", probe_store], cwd=repo, env=env, capture_output=True)
     deadline = time.monotonic() + WARM_TIMEOUT_S
     while not socket.exists() or Path(f"{socket}.starting").exists():
         if time.monotonic() > deadline:

@@ -29,7 +29,7 @@ from pathlib import Path
 from queue_sweep import complete_lineages_at, environment, experiments, project, run, sweep, warm_up
 from repro_time import ROOT, mnist_root, save
 
-from tests.conftest import sh  # noqa: E402
+from tests.conftest import sh, with_team_remotes  # noqa: E402
 from tests.test_sweep import ray_cluster  # noqa: E402
 from tests.test_tracking_server import mlflow_server  # noqa: E402
 
@@ -40,15 +40,6 @@ WAYS = (
     ("lottery sweep, 2 nodes (1 CPU each)", [1, 1]),
     ("DVC queue, 2 workers", None),
 )
-
-
-def with_remotes(repo):
-    """`repo` with a bare git remote `origin` and a folder DVC remote `team` beside it, committed."""
-    sh(repo.parent, "git", "init", "-q", "--bare", f"{repo.name}-origin.git")
-    sh(repo, "git", "remote", "add", "origin", str(repo.parent / f"{repo.name}-origin.git"))
-    sh(repo, "dvc", "remote", "add", "-d", "team", str(repo.parent / f"{repo.name}-dvc-remote"))
-    sh(repo, "git", "commit", "-qam", "remotes")
-    return repo
 
 
 def ray_sweep(repo, seeds, cpus, env):
@@ -74,7 +65,8 @@ def measure(base, data_root, seeds, iterations):
         results["lone_lineage_seconds"] = lone_lineage(base, data_root, iterations, {**env, "MLFLOW_TRACKING_URI": server.url})
     for number, (name, cpus) in enumerate(WAYS):
         print(f"{name} ...", flush=True)
-        repo = with_remotes(project(base / f"way{number}", data_root, iterations))
+        repo = with_team_remotes(project(base / f"way{number}", data_root, iterations))
+        sh(repo, "git", "commit", "-qam", "the team's remotes")
         (base / f"server{number}").mkdir()
         with mlflow_server(f"sqlite:///{base / f'server{number}.db'}", base / f"server{number}") as server:
             way_env = {**env, "MLFLOW_TRACKING_URI": server.url}

@@ -131,6 +131,16 @@ def dvc_project(repo, params):
     return repo
 
 
+def with_team_remotes(repo):
+    """`repo` with a bare git repository `origin` and a folder DVC remote `team` beside it, the
+    remote set as the default in the committed config (a node reads it from the commit)."""
+    origin, remote = repo.parent / f"{repo.name}-origin.git", repo.parent / f"{repo.name}-dvc-remote"
+    sh(repo.parent, "git", "init", "-q", "--bare", str(origin))
+    sh(repo, "git", "remote", "add", "origin", str(origin))
+    sh(repo, "dvc", "remote", "add", "-d", "team", str(remote))
+    return repo
+
+
 # Tags whose values are run ids or MLflow's own bookkeeping: they differ between two stores.
 @contextlib.contextmanager
 def lineages_in_one_store(root, mnist_root, overrides_by_name):

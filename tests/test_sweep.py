@@ -26,7 +26,7 @@ from lottery import hparams
 from lottery.provenance import EXPERIMENT_TAG
 from lottery.runs import COMPLETE_METRIC, KIND_TAG, LINEAGE_TAG, ROUND_TAG
 from lottery.sweep import grid
-from tests.conftest import commit, dvc_project, sh, tiny_params
+from tests.conftest import commit, dvc_project, sh, tiny_params, with_team_remotes
 from tests.test_tracking_server import free_port, mlflow_server
 
 # One round; the raylet dies as soon as a point starts to train, which lasts a few seconds.
@@ -107,10 +107,7 @@ def kill_raylet_while_its_point_trains(raylet, killed):
 def swept(tmp_path_factory, mnist_root):
     base = tmp_path_factory.mktemp("sweep")
     (base / "project").mkdir()
-    repo = dvc_project(base / "project", tiny_params(mnist_root, POINT))
-    sh(base, "git", "init", "-q", "--bare", "origin.git")
-    sh(repo, "git", "remote", "add", "origin", str(base / "origin.git"))
-    sh(repo, "dvc", "remote", "add", "-d", "team", str(base / "dvc-remote"))
+    repo = with_team_remotes(dvc_project(base / "project", tiny_params(mnist_root, POINT)))
     commit(repo, "sweep baseline")
     sh(repo, "git", "push", "-q", "origin", "HEAD")
     with mlflow_server(f"sqlite:///{base / 'server.db'}", base) as server, ray_cluster([2, 1]) as (address, (raylet,)):
@@ -208,7 +205,7 @@ def md5s(repo):
 def test_outputs_pulled_from_the_remote_equal_a_local_run(swept, tmp_path):
     name, point = sorted(names().items())[0]
     pulled = tmp_path / "pulled"
-    sh(swept["base"], "git", "clone", "-q", str(swept["base"] / "origin.git"), str(pulled))
+    sh(swept["base"], "git", "clone", "-q", str(swept["base"] / "project-origin.git"), str(pulled))
     sh(pulled, "dvc", "exp", "pull", "origin", name)
     sh(pulled, "dvc", "exp", "apply", name)
     sh(pulled, "dvc", "pull")

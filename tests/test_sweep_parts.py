@@ -14,7 +14,7 @@ from pathlib import Path
 from lottery import hparams
 from lottery.errors import ParamsError, UserError
 from lottery.sweep import driver, grid, task, workspace
-from tests.conftest import commit, default_params, dvc_project, sh, tiny_params
+from tests.conftest import commit, default_params, dvc_project, sh, tiny_params, with_team_remotes
 
 
 def test_values_split_at_commas_outside_brackets_and_quotes():
@@ -142,10 +142,7 @@ def test_in_round_saves_are_mirrored_to_the_dvc_remote_and_fetched_back(tmp_path
 @pytest.fixture
 def project(tmp_path, mnist_root):
     (tmp_path / "project").mkdir()
-    repo = dvc_project(tmp_path / "project", tiny_params(mnist_root, {}))
-    sh(tmp_path, "git", "init", "-q", "--bare", "origin.git")
-    sh(repo, "git", "remote", "add", "origin", str(tmp_path / "origin.git"))
-    sh(repo, "dvc", "remote", "add", "-d", "team", str(tmp_path / "dvc-remote"))
+    repo = with_team_remotes(dvc_project(tmp_path / "project", tiny_params(mnist_root, {})))
     commit(repo, "baseline")
     return repo
 

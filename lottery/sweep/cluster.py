@@ -7,7 +7,8 @@ A point that fails for a reason of its own (a stage's error) is not retried: its
 line that says why.
 """
 
-import time
+import os
+import tempfile
 
 from lottery.sweep import task
 
@@ -15,9 +16,20 @@ POLL_SECONDS = 0.5
 
 
 def connect(address):
-    import ray
+    """Join the cluster at `address`, or start a local Ray for this sweep (None).
 
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    A local Ray keeps its files in a folder of this user's: Ray's default, /tmp/ray, belongs to
+    whoever made it first. Joining, the driver sends this user's Ray token where one exists, as
+    `ray start` does: a new local Ray makes one (~/.ray/auth_token), after which every `ray start`
+    of this user requires it, while `ray.init` given an address sends it only if RAY_AUTH_MODE
+    says so (a cluster without tokens ignores it)."""
+    import ray
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    own = {} if address else {"_temp_dir": os.path.join(tempfile.gettempdir(), f"ray-{os.getuid()}")}
+    if address:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR", **own)
     ray.cloudpickle.register_pickle_by_value(task)  # nodes run the task without this checkout
 
 
