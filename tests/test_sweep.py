@@ -59,18 +59,21 @@ def ray_cluster(cpus):
     """A Ray cluster on this machine, one node per entry of `cpus` (that many CPUs each; the first is
     the head), in a temporary folder of its own (short: Ray's socket paths must fit 107 characters).
     Yields (address, the raylet pid of each node after the head). Afterwards every process whose
-    command line names that folder is killed."""
+    command line names that folder is killed. Without tokens, whether or not a local `ray.init` has
+    left one in ~/.ray (a joining `ray start` sends none unless RAY_AUTH_MODE=token)."""
     folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     port, ray = free_port(), str(Path(sys.executable).with_name("ray"))
     common = [f"--temp-dir={folder}", "--disable-usage-stats"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     try:
         head, *others = cpus
         subprocess.run([ray, "start", "--head", f"--port={port}", f"--num-cpus={head}", "--include-dashboard=false", *common],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, env=env)
         added = []
         for count in others:
             before = raylets(folder)
-            subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", f"--num-cpus={count}", *common], check=True, capture_output=True)
+            subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", f"--num-cpus={count}", *common],
+                           check=True, capture_output=True, env=env)
             (raylet,) = raylets(folder) - before
             added.append(raylet)
         yield f"127.0.0.1:{port}", added
