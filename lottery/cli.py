@@ -9,6 +9,7 @@
   lottery lineage reproduce L      re-run a lineage from its commit and params; do results match?
   lottery warm status | stop       the warm worker that serves this interpreter: its pid, start, log; stop it
   lottery compare A B ...          lineages or seed groups side by side at equal weights remaining
+  lottery queue start --workers N  DVC's queue workers, one at a time, each with its share of the GPUs
 """
 
 import argparse
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from lottery import hparams, paths, terminal, warm, warm_status, yaml12
+from lottery import hparams, paths, queue_workers, terminal, warm, warm_status, yaml12
 from lottery.errors import ParamsError, UserError
 from lottery.io import read_text, write_text
 
@@ -278,6 +279,7 @@ def parser():
         sub = worker.add_parser(action, help=text)
         sub.add_argument("--json", action="store_true", help="machine-readable output")
         sub.set_defaults(handler=handler)
+    queue_workers.add_parser(commands)
     return main
 
 
