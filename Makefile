@@ -56,17 +56,21 @@ paper: $(VENV)/.installed $(PLOTS_TEMPLATE)
 # Replicates: one DVC experiment per seed, then the aggregate over those seeds: `make replicates SEEDS="0 1 2"`.
 # WORKERS=N queues the experiments and runs the queue N at a time, each in a temporary copy of the project
 # that logs to this project's MLflow store; `--run-all` exits 0 when one fails, so the aggregate checks
-# that every seed has its lineage. The workers share the cores: each stage gets cores / N torch threads
-# unless OMP_NUM_THREADS is set (torch's default, a thread per core in every stage, oversubscribes them).
+# that every seed has its lineage. `lottery queue start` starts DVC's N workers one at a time, each with
+# its own GPUs (CUDA_VISIBLE_DEVICES: G // N each when G >= N, else the G in turn) and cores / N torch
+# threads unless OMP_NUM_THREADS is set; then `dvc exp run --run-all` follows the queue. GPUS="0,1" names
+# the GPUs to share out (default: CUDA_VISIBLE_DEVICES' list when set, else every GPU torch finds).
 SEEDS ?= 0 1
 WORKERS ?=
+GPUS ?=
 replicates: $(VENV)/.installed
 ifeq ($(WORKERS),)
 	for seed in $(SEEDS); do dvc exp run -S seed=$$seed || exit 1; done
 else
+	@case "$(WORKERS)" in *[!0-9]*|0*) echo "error: WORKERS=$(WORKERS): must be a whole number, at least 1" >&2; exit 1;; esac
 	for seed in $(SEEDS); do dvc exp run --queue -S seed=$$seed || exit 1; done
-	threads=$$(( $$(nproc) / $(WORKERS) )); \
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( threads > 0 ? threads : 1 ))} dvc exp run --run-all --jobs $(WORKERS)
+	$(PYTHON) -m lottery queue start --workers $(WORKERS) $(if $(GPUS),--gpus '$(GPUS)')
+	dvc exp run --run-all --jobs $(WORKERS)
 endif
 	$(PYTHON) -m lottery replicates --seeds $(SEEDS)
 

@@ -10,6 +10,7 @@
   lottery warm status | stop       the warm worker that serves this interpreter: its pid, start, log; stop it
   lottery compare A B ...          lineages or seed groups side by side at equal weights remaining
   lottery sweep -S KEY=V1,V2 ...   one DVC experiment per point of a grid, on a Ray cluster
+  lottery queue start --workers N  DVC's queue workers, one at a time, each with its share of the GPUs
 """
 
 import argparse
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from lottery import hparams, paths, terminal, warm, warm_status, yaml12
+from lottery import hparams, paths, queue_workers, terminal, warm, warm_status, yaml12
 from lottery.errors import ParamsError, UserError
 from lottery.io import read_text, write_text
 
@@ -336,6 +337,7 @@ def parser():
         sub = worker.add_parser(action, help=text)
         sub.add_argument("--json", action="store_true", help="machine-readable output")
         sub.set_defaults(handler=handler)
+    queue_workers.add_parser(commands)
     return main
 
 

@@ -45,8 +45,8 @@ def git_state(root=deps.ROOT):
 
 def environment(device, processes):
     """What computed a result besides code and params: versions, the device, the CPU's vector
-    instructions that torch's kernels use (AVX2 and AVX-512 round differently), CPU threads, and
-    the data-parallel processes that trained it."""
+    instructions that torch's kernels use (AVX2 and AVX-512 round differently), CPU threads, the
+    GPUs the process was let see, and the data-parallel processes that trained it."""
     import torch
 
     return {
@@ -56,7 +56,15 @@ def environment(device, processes):
         "processes": processes,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
+        "visible_gpus": visible_gpus(),
     }
+
+
+def visible_gpus():
+    """CUDA_VISIBLE_DEVICES as this process saw it: 'all' when it is unset, 'none' when it is empty
+    (the queue's workers each set their own: lottery.queue_workers)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return "all" if value is None else value.strip() or "none"
 
 
 def device_name(device):

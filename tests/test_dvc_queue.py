@@ -1,7 +1,9 @@
 """A seed sweep through DVC's experiment queue, two experiments at a time: `make replicates SEEDS="0 1"
 WORKERS=2` in a fresh project whose stages log to its default MLflow store (no MLFLOW_TRACKING_URI).
 DVC runs each queued experiment in a temporary copy of the project and deletes the copy afterwards;
-the lineages must still land, whole, in the project's own store."""
+the lineages must still land, whole, in the project's own store. GPUS="0,1" has `lottery queue start`
+give each worker one of two GPU ids; with no GPU here torch finds none under either, and the stages
+run on the CPU all the same, but each records the ids it was let see."""
 
 import json
 import multiprocessing
@@ -21,6 +23,7 @@ from tests.conftest import PROJECT, commit, dvc_project, sh, tiny_params
 
 SEEDS = (0, 1)
 ONE_ROUND = {"rounds": hparams.rounds_section(1), "compact.latency_repeats": 2}
+GPUS = ("0", "1")
 # The project's default store, and the Makefile's choice of threads (the test workers set one).
 ENVIRONMENT = {"MLFLOW_TRACKING_URI": None, "OMP_NUM_THREADS": None}
 
@@ -43,7 +46,8 @@ def repo(tmp_path_factory, mnist_root):
     venv = sys.prefix  # the Makefile's VENV; -o: never rebuild it from here
     seeds = " ".join(map(str, SEEDS))
     make = ["make", "-f", str(PROJECT / "Makefile"), "-o", f"{venv}/.installed", "replicates", f"VENV={venv}"]
-    sh(repo, *make, f"SEEDS={seeds}", "WORKERS=2", env=ENVIRONMENT)
+    said = sh(repo, *make, f"SEEDS={seeds}", "WORKERS=2", f"GPUS={','.join(GPUS)}", env=ENVIRONMENT)
+    (base / "make.out").write_text(said)
     return repo
 
 
@@ -89,6 +93,16 @@ def test_two_workers_share_the_cores_each_stage_training_on_half_of_them(repo):
     half = str(max(1, len(os.sched_getaffinity(0)) // 2))
     for record in lineages(repo).values():
         assert {run.data.tags[f"{records.ENVIRONMENT_TAG}threads"] for run in record.branches.values()} == {half}
+
+
+def test_each_worker_had_a_gpu_of_its_own_and_every_stage_of_its_experiment_saw_it_alone(repo):
+    key = f"{records.ENVIRONMENT_TAG}visible_gpus"
+    seen = [{run.data.tags[key] for run in record.branches.values()} for record in lineages(repo).values()]
+    assert sorted(gpu for gpus in seen for gpu in gpus) == list(GPUS)  # one GPU per lineage, a different one each
+    said = (repo.parent / "make.out").read_text().splitlines()
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    for number, gpu in enumerate(GPUS, 1):
+        assert f"queue worker {number}: CUDA_VISIBLE_DEVICES={gpu} OMP_NUM_THREADS={threads}" in said
 
 
 def test_each_stage_ran_its_experiments_copy_of_the_code(repo):
