@@ -24,10 +24,13 @@ from mlflow.tracking import MlflowClient
 
 from lottery import hparams
 from lottery.provenance import EXPERIMENT_TAG
+from lottery.records import ENVIRONMENT_TAG
 from lottery.runs import COMPLETE_METRIC, KIND_TAG, LINEAGE_TAG, ROUND_TAG
 from lottery.sweep import grid
 from tests.conftest import commit, dvc_project, sh, tiny_params, with_team_remotes
 from tests.test_tracking_server import free_port, mlflow_server
+
+pytest.importorskip("ray", reason="Ray is not installed (the GPU machine's image lacks it: tools/device)")
 
 # One round; the raylet dies as soon as a point starts to train, which lasts a few seconds.
 POINT = {"rounds": hparams.rounds_section(1), "compact.latency_repeats": 2, "train.iterations": 200,
@@ -55,16 +58,18 @@ def descendants(pid, table):
 
 
 @contextlib.contextmanager
-def ray_cluster(cpus):
+def ray_cluster(cpus, token=None):
     """A Ray cluster on this machine, one node per entry of `cpus` (that many CPUs each; the first is
     the head), in a temporary folder of its own (short: Ray's socket paths must fit 107 characters).
     Yields (address, the raylet pid of each node after the head). Afterwards every process whose
     command line names that folder is killed. Without tokens, whether or not a local `ray.init` has
-    left one in ~/.ray (a joining `ray start` sends none unless RAY_AUTH_MODE=token)."""
+    left one in ~/.ray (a joining `ray start` sends none unless RAY_AUTH_MODE=token); with `token`,
+    a cluster that asks for that one."""
     folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     port, ray = free_port(), str(Path(sys.executable).with_name("ray"))
     common = [f"--temp-dir={folder}", "--disable-usage-stats"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token} if token else {"RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, **auth}
     try:
         head, *others = cpus
         subprocess.run([ray, "start", "--head", f"--port={port}", f"--num-cpus={head}", "--include-dashboard=false", *common],
@@ -174,7 +179,11 @@ def test_every_point_has_one_finished_lineage_on_the_server_and_no_run_twice(swe
     assert set(keys.values()) == {1}
     assert len(runs) == 4 * 3  # a lineage run and rounds 0 and 1 for each point
     assert {run.info.status for run in runs} == {"FINISHED"}
-    assert all(COMPLETE_METRIC in run.data.metrics for run in runs if run.data.tags[KIND_TAG] == "round")
+    rounds = [run for run in runs if run.data.tags[KIND_TAG] == "round"]
+    assert all(COMPLETE_METRIC in run.data.metrics for run in rounds)
+    # Each point's stages saw the GPUs of its task (none: CUDA_VISIBLE_DEVICES empty) and one thread per CPU.
+    assert {run.data.tags[f"{ENVIRONMENT_TAG}visible_gpus"] for run in rounds} == {"none"}
+    assert {run.data.tags[f"{ENVIRONMENT_TAG}threads"] for run in rounds} == {"1"}
 
 
 def experiments(repo):

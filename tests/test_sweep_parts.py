@@ -6,14 +6,16 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-from pathlib import Path
 
 from lottery import hparams
 from lottery.errors import ParamsError, UserError
-from lottery.sweep import driver, grid, task, workspace
+
+pytest.importorskip("ray", reason="Ray is not installed (the GPU machine's image lacks it: tools/device)")
+from lottery.sweep import driver, grid, task, workspace  # noqa: E402 (imports Ray)
 from tests.conftest import commit, default_params, dvc_project, sh, tiny_params, with_team_remotes
 
 
@@ -148,7 +150,7 @@ def project(tmp_path, mnist_root):
 
 
 def sweep(repo, *args):
-    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env = {key: value for key, value in os.environ.items() if key not in ("MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     return subprocess.run([sys.executable, "-m", "lottery", "sweep", *args], cwd=repo, env=env, capture_output=True, text=True)
 
 
@@ -162,6 +164,20 @@ def test_a_bad_argument_stops_the_sweep_in_one_line_before_it_starts(project, ar
     done = sweep(project, *args)
     assert done.returncode == 1 and done.stderr.strip() == line
     assert sh(project, "git", "ls-remote", "origin") == ""  # nothing pushed, nothing run
+
+
+def test_a_cluster_that_asks_for_a_token_or_none_that_answers_is_one_line(project):
+    from tests.test_sweep import ray_cluster
+    from tests.test_tracking_server import free_port
+
+    nobody = f"127.0.0.1:{free_port()}"
+    done = sweep(project, "-S", "prune.rate=0.2", "--address", nobody)
+    assert done.returncode == 1 and done.stderr.strip() == f"error: --address {nobody}: no Ray cluster answers there (`ray start --head` starts one)"
+    with ray_cluster([1], token="a" * 32) as (address, _):
+        done = sweep(project, "-S", "prune.rate=0.2", "--address", address)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (f"error: --address {address}: the cluster asks for a Ray token: run with "
+                                                   "RAY_AUTH_MODE=token (the token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
 
 
 def test_uncommitted_params_stop_the_sweep(project):

@@ -8,29 +8,54 @@ line that says why.
 """
 
 import os
+import socket
 import tempfile
 
+from lottery.errors import UserError
 from lottery.sweep import task
 
 POLL_SECONDS = 0.5
+ANSWER_SECONDS = 5
 
 
 def connect(address):
-    """Join the cluster at `address`, or start a local Ray for this sweep (None).
-
-    A local Ray keeps its files in a folder of this user's: Ray's default, /tmp/ray, belongs to
-    whoever made it first. Joining, the driver sends this user's Ray token where one exists, as
-    `ray start` does: a new local Ray makes one (~/.ray/auth_token), after which every `ray start`
-    of this user requires it, while `ray.init` given an address sends it only if RAY_AUTH_MODE
-    says so (a cluster without tokens ignores it)."""
+    """Join the cluster at `address`, or start a local Ray for this sweep (None). A local Ray keeps
+    its files in a folder of this user's: Ray's default, /tmp/ray, belongs to whoever made it first.
+    A cluster that cannot be joined stops the sweep in one line."""
     import ray
-    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 
     own = {} if address else {"_temp_dir": os.path.join(tempfile.gettempdir(), f"ray-{os.getuid()}")}
-    if address:
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR", **own)
+    if address and not _answers(address):  # Ray itself retries a silent address for minutes
+        raise UserError(f"--address {address}: no Ray cluster answers there (`ray start --head` starts one)")
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR", **own)
+    except ConnectionError as err:
+        raise UserError(f"--address {address}: {_why(err)}") from None
     ray.cloudpickle.register_pickle_by_value(task)  # nodes run the task without this checkout
+
+
+def _answers(address):
+    """Whether something listens at HOST:PORT (`auto` and other forms: Ray finds out)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return True
+    try:
+        socket.create_connection((host, int(port)), timeout=ANSWER_SECONDS).close()
+        return True
+    except OSError:
+        return False
+
+
+def _why(err):
+    """Why a cluster could not be joined: a token it asks for, or none that answers. Ray puts the
+    GCS's refusal into its error's text (a traceback), not into the chain of exceptions."""
+    chain = []
+    while err is not None:
+        chain.append(f"{type(err).__name__}: {err}")
+        err = err.__cause__ or err.__context__
+    if any("AuthenticationError" in text for text in chain):
+        return "the cluster asks for a Ray token: run with RAY_AUTH_MODE=token (the token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+    return "no Ray cluster answers there (`ray start --head` starts one)"
 
 
 def here():

@@ -5,7 +5,7 @@
 #
 # The arms, in this order (name arms as arguments to run only those, e.g. `... gpu_check.sh suite`):
 #   setup        installs the wheels, names the GPU and the versions, builds data/mnist (always runs)
-#   test_cuda    pytest tests/test_cuda.py -v
+#   test_cuda    pytest tests/test_cuda.py and the queue workers' GPU test -v
 #   repro        bench/repro_time.py (the default experiment's `dvc repro`, timed, train.device auto,
 #                beside bench/bare_lth.py), then a forced `dvc repro -f` of the same project while
 #                the suite runs, and tools/device/compare_runs.py on the two runs' tensors and metrics;
@@ -172,7 +172,8 @@ EOF
 test_cuda() {
     local note=""
     ((CUDA)) || note="no CUDA here: its tests skip"
-    ARM_NOTE=$note run_arm test_cuda 150 30 "$OUT/test_cuda.log" python3 -m pytest tests/test_cuda.py -v -rs -p no:cacheprovider
+    ARM_NOTE=$note run_arm test_cuda 150 30 "$OUT/test_cuda.log" python3 -m pytest tests/test_cuda.py \
+        tests/test_queue_workers.py::test_on_cuda_each_worker_environment_shows_its_own_gpu_alone -v -rs -p no:cacheprovider
 }
 
 # The suite less tests/test_cuda.py, one test file per worker (--dist loadfile, as `make test`).
