@@ -43,9 +43,12 @@ WAYS = (
 
 
 def ray_sweep(repo, seeds, cpus, env):
+    """Seconds of the sweep on a fresh cluster, its workspaces and DVC cache in a folder of its own
+    (a cache that another way filled would restore every stage from its run cache)."""
     with ray_cluster(cpus) as (address, _):
         start = time.perf_counter()
-        run(repo, env, sys.executable, "-m", "lottery", "sweep", "--seeds", *map(str, seeds), "--address", address)
+        workdir = str(repo.parent / f"{repo.name}-work")
+        run(repo, env, sys.executable, "-m", "lottery", "sweep", "--seeds", *map(str, seeds), "--address", address, "--workdir", workdir)
         return time.perf_counter() - start
 
 

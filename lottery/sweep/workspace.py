@@ -7,7 +7,9 @@ pipeline runs stage by stage through DVC, and each finished stage's outputs and 
 to the DVC remote at once; the training loops' in-round saves (lottery.resume) go there too while
 they run. So a point that starts again on another node, after its first node died, pulls what
 reached the remote: DVC restores each finished stage from its run cache instead of running it,
-and the stage that was under way resumes from its last save. When every stage has run, the
+and the stage that was under way resumes from its last save. When every stage has run,
+`lottery sync` completes the lineage in MLflow from the outputs (a stage DVC restored instead of
+running logged nothing, and a run elsewhere may have logged to another store), and the
 workspace becomes a DVC experiment of that name (`dvc exp save`), pushed with `dvc exp push` to
 the git remote (its outputs to the DVC remote): the experiment's ref on the git remote is what
 marks the point finished.
@@ -159,6 +161,9 @@ def run(spec):
         saves.download()
         with saves:
             reproduce(repo)
+        # Stages that DVC restored from the run cache logged nothing: a run elsewhere of the same
+        # stage may have logged to another MLflow store. `lottery sync` publishes what is missing.
+        subprocess.run([sys.executable, "-m", "lottery", "sync"], check=True)
         repo.experiments.save(name=spec["name"], force=True, include_untracked=outputs_for_git(repo))
     subprocess.run([sys.executable, "-m", "dvc", "exp", "push", "origin", spec["name"]], check=True, capture_output=True)
     saves.remove()
