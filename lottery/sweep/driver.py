@@ -127,8 +127,8 @@ def sweep(options, root=None, bar=None):
     done_before = finished(root, options.git_remote, commit, [p for p in points if p.name not in failed])
     todo = [p for p in points if p.name not in failed and p not in done_before]
     ran, bar = [], bar or terminal.no_bar("sweep", 0)
-    bar.set(0, f"{len(todo)} to run")
     bar.total = len(todo)
+    bar.set(0, f"{len(todo)} to run")
     if todo:
         git(root, "push", "-q", options.git_remote, f"{commit}:{BASE_REFS}/{commit}")
         specs = [spec(point, options, commit, remote_url, dvc_name, passed_on, author(root)) for point in todo]

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import ray
 
-PASSED_ON = ("MLFLOW_", "LOTTERY_")
 PR_SET_PDEATHSIG = 1
 
 
