@@ -247,6 +247,7 @@ def workdir(tmp_path, monkeypatch, mnist_root):
 # so these start first and the many quick files fill in around them, instead of one long file
 # starting last and running alone at the end.
 SLOWEST_FILES = (
+    "test_sweep.py",
     "test_stops.py",
     "test_two_users.py",
     "test_dvc_pipeline.py",
@@ -261,6 +262,7 @@ SLOWEST_FILES = (
     "test_early_bird.py",
     "test_dvc_queue.py",
     "test_dvc_factorized.py",
+    "test_sweep_parts.py",
 )
 
 
