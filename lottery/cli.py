@@ -238,8 +238,12 @@ def cmd_sweep(args):
         cpus_per_experiment=args.cpus_per_experiment, git_remote=args.git_remote, dvc_remote=args.dvc_remote,
         retries=args.retries, workdir=args.workdir, keep=args.keep,
     )
-    with terminal.Bar("sweep", 0) as bar:
-        outcome = driver.sweep(options, bar=bar)
+    try:
+        with terminal.Bar("sweep", 0) as bar:
+            outcome = driver.sweep(options, bar=bar)
+    except KeyboardInterrupt:
+        # Ray cancels the tasks of a driver that ends, and each point's runner and stages go with its task.
+        sys.exit("error: stopped by SIGINT: the points under way stop; the same `lottery sweep` runs the unfinished ones")
     print(format_sweep(outcome))
     if outcome.failed:
         sys.exit(1)

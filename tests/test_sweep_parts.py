@@ -4,8 +4,10 @@ tests/test_sweep.py runs whole sweeps on a real 2-node Ray cluster."""
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -214,3 +216,25 @@ def test_a_failing_point_and_a_refused_point_fail_alone_in_the_table(project, tm
     assert "error:" in failed and "nowhere" in failed and "(log: " in failed
     log = failed.split("(log: ")[1].rstrip(")").split(":", 1)[1]
     assert Path(log).is_file() and not Path(log).with_suffix("").exists()  # the log is kept, the workspace is not
+
+
+def test_ctrl_c_stops_the_sweep_in_one_line_and_its_points_with_it(project, tmp_path):
+    from tests.test_sweep import processes
+
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    command = [sys.executable, "-m", "lottery", "sweep", "-S", "train.iterations=20000", "--workdir", str(tmp_path / "work")]
+    driver_process = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "work").glob("*.log")) or "Running stage 'train'" not in list((tmp_path / "work").glob("*.log"))[0].read_text():
+        assert time.monotonic() < deadline and driver_process.poll() is None, "the point never started to train"
+        time.sleep(0.2)
+    runners = {pid for pid, (_, command) in processes().items() if "lottery.sweep.workspace" in command and str(tmp_path) in command}
+    assert runners
+    driver_process.send_signal(signal.SIGINT)
+    _, stderr = driver_process.communicate(timeout=60)
+    assert driver_process.returncode == 1
+    assert stderr.strip().splitlines()[-1] == "error: stopped by SIGINT: the points under way stop; the same `lottery sweep` runs the unfinished ones"
+    deadline = time.monotonic() + 15
+    while set(processes()) & runners and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not set(processes()) & runners
