@@ -1,6 +1,7 @@
-"""The parts of `lottery sweep` that need no cluster: the grid, a point's environment (its GPUs and
-threads), the line that says why a point failed, and the checks that stop a sweep before it starts.
-tests/test_sweep.py runs whole sweeps on a real 2-node Ray cluster."""
+"""The parts of `lottery sweep` that need no cluster of its own: the grid, a point's environment (its
+GPUs and threads), the line that says why a point failed, the mirroring of in-round saves, the
+checks that stop a sweep before it starts, and, on a local Ray, a failing and a refused point and
+Ctrl-C. tests/test_sweep.py runs whole sweeps on a real 2-node Ray cluster."""
 
 import os
 import shutil
