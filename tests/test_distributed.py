@@ -1,5 +1,5 @@
 """Data-parallel training through torchrun: a tiny lineage trained by 2 CPU processes (Gloo)
-against the same lineage trained by 1, both through the real `dvc repro`."""
+through the real `dvc repro`, against the same lineage trained by 1 (its stages run in-process)."""
 
 import json
 import os
