@@ -103,6 +103,35 @@ def reproduced_repo(tmp_path_factory, mnist_root, name, overrides):
             os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
+@contextlib.contextmanager
+def lineage_in_process(folder, mnist_root, overrides):
+    """The tiny params' lineage with `overrides`, every stage run in this process as `dvc repro`
+    would run it (lottery.pipeline.run_lineage, one thread as a test worker's stages have), its
+    outputs in `folder`, its runs in `folder`/mlflow.db; yields `folder`. For a lineage that a test
+    only compares with another: no DVC, no stage processes. The working directory, the tracking URI
+    and torch's threads are put back after."""
+    import torch
+
+    from lottery import pipeline
+
+    (folder / "data").mkdir()
+    (folder / "data" / "mnist").symlink_to(mnist_root)
+    empty_store(folder)
+    saved_uri, saved_cwd, threads = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd(), torch.get_num_threads()
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    os.chdir(folder)
+    torch.set_num_threads(1)
+    try:
+        pipeline.run_lineage(validation.from_dict(tiny_params(mnist_root, overrides)))
+    finally:
+        torch.set_num_threads(threads)
+        os.chdir(saved_cwd)
+        os.environ.pop("MLFLOW_TRACKING_URI")
+        if saved_uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
+    yield folder
+
+
 def tiny_params(mnist_root, overrides):
     """The tiny params with `overrides`, reading the real MNIST files from `mnist_root`."""
     return with_overrides(default_params(), {**TINY, **overrides, "data.source": "local", "data.local_root": str(mnist_root)})

@@ -1,5 +1,5 @@
 """Data-parallel training through torchrun: a tiny lineage trained by 2 CPU processes (Gloo)
-against the same lineage trained by 1, both through the real `dvc repro`."""
+through the real `dvc repro`, against the same lineage trained by 1 (its stages run in-process)."""
 
 import json
 import os
@@ -14,16 +14,19 @@ from torch import nn
 from lottery import checkpoints, data, distributed, hparams, identity, paths, training, validation
 from lottery.models import catalog
 from lottery.errors import ParamsError
-from tests.conftest import PROJECT, reproduced_repo, sh, store_view
+from tests.conftest import PROJECT, lineage_in_process, reproduced_repo, sh, store_view
 
-# One round and one control: the train, retrain and control stages all run data-parallel.
-LINEAGE = {"rounds": hparams.rounds_section(1), "controls.run": ["reinit"], "compact.latency_repeats": 2}
+# One round and one control: the train, retrain and control stages all run data-parallel. No
+# weight-agnostic evaluation: no test here reads it.
+LINEAGE = {"rounds": hparams.rounds_section(1), "controls.run": ["reinit"], "compact.latency_repeats": 2, "weight_agnostic.values": []}
 BRANCHES = [(0, None), (1, None), (1, "reinit")]
 
 
 @pytest.fixture(scope="module")
 def repos(tmp_path_factory, mnist_root):
-    with reproduced_repo(tmp_path_factory, mnist_root, "one_process", LINEAGE) as single:
+    """The lineage of one process, its stages run in this process (what is compared is their outputs
+    and runs), and the same lineage of two processes through the real `dvc repro`."""
+    with lineage_in_process(tmp_path_factory.mktemp("one_process"), mnist_root, LINEAGE) as single:
         with reproduced_repo(
             tmp_path_factory, mnist_root, "two_processes", {**LINEAGE, "distributed.processes_per_node": 2}
         ) as parallel:

@@ -113,6 +113,12 @@ def test_params_tie_the_search_to_prune_at_round_1(make_hp):
         make_hp(**{"early_bird.quantize_bits": 1})
 
 
+# For the lineages of this file, which check the search, the masks and the savings, never an
+# accuracy: evaluation sets of 200 images and no weight-agnostic evaluation, which on VGG cost
+# nearly half of each lineage's CPU time.
+QUICK_EVALUATION = {"data.test_subset": 200, "data.validation_size": 200, "weight_agnostic.values": []}
+
+
 def eb_params(make_hp, **overrides):
     return make_hp(
         **{
@@ -146,7 +152,7 @@ def eb_params(make_hp, **overrides):
 def test_a_tiny_search_stops_early_and_hands_its_mask_to_prune(workdir, make_hp, monkeypatch):
     import mlflow
 
-    hp = eb_params(make_hp)
+    hp = eb_params(make_hp, **QUICK_EVALUATION)
     pipeline.run_lineage(hp)
     searched = read_json(paths.early_bird_report())
     assert searched["found"] and searched["epoch"] < 20
@@ -176,7 +182,7 @@ def test_a_tiny_search_stops_early_and_hands_its_mask_to_prune(workdir, make_hp,
 
 
 def test_a_search_that_stops_before_the_rewind_point_is_a_params_error(workdir, make_hp):
-    hp = eb_params(make_hp, **{"rewind.target": "init", "rewind.iteration": 390})
+    hp = eb_params(make_hp, **QUICK_EVALUATION, **{"rewind.target": "init", "rewind.iteration": 390})
     pipeline.init(hp)
     with pytest.raises(ParamsError, match=r"^rewind.iteration = 390: the Early-Bird search stopped training at iteration \d+, before it"):
         pipeline.train_dense(hp)
@@ -185,6 +191,7 @@ def test_a_search_that_stops_before_the_rewind_point_is_a_params_error(workdir, 
 def test_without_an_early_bird_the_budget_runs_out_and_the_last_mask_is_used(workdir, make_hp, capsys):
     hp = eb_params(
         make_hp,
+        **QUICK_EVALUATION,
         **{"train.iterations": 100, "early_bird.queue": 10, "early_bird.quantize_bits": 8, "rewind.finetune_iterations": 20,
            "train.eval_every": 20},
     )
@@ -201,6 +208,7 @@ def test_without_a_ticket_a_budget_of_part_epochs_prunes_the_final_weights(workd
     # 110 iterations: 5 whole epochs, whose masks the search saw, then 10 more iterations.
     hp = eb_params(
         make_hp,
+        **QUICK_EVALUATION,
         **{"train.iterations": 110, "early_bird.queue": 10, "rewind.finetune_iterations": 20, "train.eval_every": 20},
     )
     pipeline.init(hp)
@@ -215,7 +223,7 @@ def test_without_a_ticket_a_budget_of_part_epochs_prunes_the_final_weights(workd
 
 
 def test_a_oneshot_lineage_of_two_rounds_prunes_round_2_past_the_ticket(workdir, make_hp):
-    hp = eb_params(make_hp, **{"prune.schedule": "oneshot", "rounds": hparams.rounds_section(2)})
+    hp = eb_params(make_hp, **QUICK_EVALUATION, **{"prune.schedule": "oneshot", "rounds": hparams.rounds_section(2)})
     pipeline.run_lineage(hp)
     kept = [read_json(paths.sparsity_report(r))["weights_remaining"] for r in (1, 2)]
     assert kept[1] < kept[0] < 1
@@ -223,7 +231,7 @@ def test_a_oneshot_lineage_of_two_rounds_prunes_round_2_past_the_ticket(workdir,
 
 def test_savings_count_the_retraining_from_the_rewind_iteration(workdir, make_hp):
     # Retraining from θ30 to 400: 370 iterations, though the curve's first point is at 100.
-    hp = eb_params(make_hp, **{"rewind.target": "init", "rewind.iteration": 30})
+    hp = eb_params(make_hp, **QUICK_EVALUATION, **{"rewind.target": "init", "rewind.iteration": 30})
     pipeline.run_lineage(hp)
     saved = read_json(paths.summary())["early_bird"]
     assert read_json(paths.training_log(1))["curve"][0]["iteration"] == 100

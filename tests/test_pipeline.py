@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import warnings
 
 import mlflow
@@ -9,8 +10,9 @@ import mlflow.pytorch
 import pytest
 import torch
 
-from lottery import checkpoints, hparams, identity, masks, mlflow_connection, paths, pipeline, provenance, report
+from lottery import checkpoints, hparams, identity, masks, mlflow_connection, paths, pipeline, provenance, report, validation
 from lottery.pruning import driver
+from tests.conftest import lineage_in_process, tiny_params
 
 
 def fingerprint():
@@ -25,13 +27,30 @@ def fingerprint():
 
 @pytest.fixture
 def lineage(workdir, make_hp):
+    """A tiny lineage of the test's own, in its workdir: for a test that changes it."""
     hp = make_hp()
     pipeline.run_lineage(hp)
     return hp
 
 
-def test_density_per_round_and_exact_zeros(lineage):
-    for round_ in range(lineage.rounds + 1):
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, mnist_root):
+    """One tiny lineage run once, in a folder of its own, for the tests that only read it: the folder."""
+    with lineage_in_process(tmp_path_factory.mktemp("lineage"), mnist_root, {}) as folder:
+        yield folder
+
+
+@pytest.fixture
+def read_only_lineage(built, mnist_root, monkeypatch):
+    """The params of the lineage `built` holds, with its folder as the working directory and its
+    store as the tracking store, for a test that changes nothing of it."""
+    monkeypatch.chdir(built)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{built / 'mlflow.db'}")
+    return validation.from_dict(tiny_params(mnist_root, {}))
+
+
+def test_density_per_round_and_exact_zeros(read_only_lineage):
+    for round_ in range(read_only_lineage.rounds + 1):
         model, _ = checkpoints.load_model(paths.trained_weights(round_))
         mask = masks.load(paths.mask(round_), model)
         metrics = json.loads(paths.round_metrics(round_).read_text())
@@ -40,9 +59,9 @@ def test_density_per_round_and_exact_zeros(lineage):
         pipeline.check_pruned_weights_are_zero(model, mask)
 
 
-def test_rewind_restores_theta0_exactly_on_surviving_weights(lineage):
+def test_rewind_restores_theta0_exactly_on_surviving_weights(read_only_lineage):
     theta0 = checkpoints.load(paths.init_checkpoint())["state_dict"]
-    for round_ in range(1, lineage.rounds + 1):
+    for round_ in range(1, read_only_lineage.rounds + 1):
         start = checkpoints.load(paths.start_weights(round_))["state_dict"]
         mask = torch.load(paths.mask(round_), weights_only=True)
         for name, value in theta0.items():
@@ -79,14 +98,21 @@ def fingerprints_of_two_runs(hp, workdir, monkeypatch):
     return first, fingerprint()
 
 
-def test_same_params_and_seed_give_identical_masks_and_metrics(workdir, make_hp, monkeypatch):
-    hp = make_hp()
-    first, second = fingerprints_of_two_runs(hp, workdir, monkeypatch)
+def test_same_params_and_seed_give_identical_masks_and_metrics(read_only_lineage, built, tmp_path, mnist_root):
+    """The lineage `built` holds, run again in a fresh folder (as that one was: in this process, one thread)."""
+    hp = read_only_lineage
+    first = fingerprint()
+    (tmp_path / "again").mkdir()
+    with lineage_in_process(tmp_path / "again", mnist_root, {}):
+        pass
+    os.chdir(tmp_path / "again")  # monkeypatch (read_only_lineage) puts the working directory back
+    second = fingerprint()
     assert second == first
     assert len(first[0]) == hp.rounds + 1
 
 
-def test_mlflow_holds_one_parent_and_one_child_per_round_with_the_file_metrics(lineage, workdir):
+def test_mlflow_holds_one_parent_and_one_child_per_round_with_the_file_metrics(read_only_lineage):
+    lineage = read_only_lineage
     runs = mlflow.search_runs(experiment_names=[lineage.tracking.experiment], output_format="list")
     parents = [r for r in runs if r.data.tags.get("lottery.kind") == "lineage"]
     children = {int(r.data.tags["lottery.round"]): r for r in runs if r.data.tags.get("lottery.kind") == "round"}

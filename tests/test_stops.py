@@ -24,10 +24,11 @@ from tests.conftest import dvc_project, sh, tiny_params
 from tests.test_tracking_server import free_port
 from tests.test_warm import wait_for_worker
 
-# About 6 s of two-rank training here: long enough to stop it part-way (TRAINING_CPU_S into it)
-# with seconds to spare, short enough that the tests' waits for a stopped stage's would-be writes
-# (1.5 times what is left of a train) stay short.
-ITERATIONS = 800
+# About 1.8 CPU seconds of each rank's training loop (0.0035 s an iteration), which starts about 1.5
+# CPU seconds after the rank joins (both measured): long enough to stop it part-way (TRAINING_CPU_S
+# after joining) with time to spare, short enough that the tests' waits for a stopped stage's
+# would-be writes (1.5 times what is left of a train) stay short.
+ITERATIONS = 500
 PARALLEL = {
     "rounds": hparams.rounds_section(1),
     "distributed.processes_per_node": 2,
@@ -36,7 +37,7 @@ PARALLEL = {
 }
 STOPPED_WITHIN_S = 10
 # CPU seconds each rank has spent since it joined the process group when a test stops it: past
-# loading the data and the model (a fraction of a second), well inside the training loop.
+# loading the data and the model and the first iteration (1.5 s), inside the training loop.
 TRAINING_CPU_S = 2.0
 TRAIN = [sys.executable, "-m", "stages.train"]
 

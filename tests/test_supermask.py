@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import checkpoints, data, identity, lineage, lineage_catalog, masks, paths, pipeline, supermask, validation, weight_agnostic
+from lottery import checkpoints, data, identity, lineage, lineage_catalog, masks, paths, supermask, validation, weight_agnostic
 from lottery.models import catalog
 from lottery.errors import ParamsError
 from lottery.pruning import driver, rates, selection
-from tests.conftest import default_params, with_overrides
+from tests.conftest import default_params, lineage_in_process, tiny_params, with_overrides
 
 SUPERMASK = {
     "prune.strategy": "edge_popup",
@@ -211,11 +211,22 @@ def test_supermask_settings_name_the_lineage_only_when_the_search_runs():
     assert params_hash() != params_hash(**{"model.init": "kaiming_normal"})
 
 
+SUPERMASK_LINEAGE = {**SUPERMASK, "controls.run": ["random_sparse"]}
+
+
+@pytest.fixture(scope="module")
+def built_supermask_lineage(tmp_path_factory, mnist_root):
+    """A tiny supermask lineage, run once for the two tests that read it: its folder."""
+    with lineage_in_process(tmp_path_factory.mktemp("supermask"), mnist_root, SUPERMASK_LINEAGE) as folder:
+        yield folder
+
+
 @pytest.fixture
-def supermask_lineage(workdir, make_hp):
-    hp = make_hp(**SUPERMASK, **{"controls.run": ["random_sparse"]})
-    pipeline.run_lineage(hp)
-    return hp
+def supermask_lineage(built_supermask_lineage, mnist_root, monkeypatch):
+    """Its params, with its folder as the working directory and its store as the tracking store."""
+    monkeypatch.chdir(built_supermask_lineage)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{built_supermask_lineage / 'mlflow.db'}")
+    return validation.from_dict(tiny_params(mnist_root, SUPERMASK_LINEAGE))
 
 
 def test_a_supermask_lineage_never_trains_a_weight_and_reports_its_weight_agnostic_accuracy(supermask_lineage):
@@ -239,7 +250,7 @@ def test_a_supermask_lineage_never_trains_a_weight_and_reports_its_weight_agnost
     assert "ticket_weight_agnostic_best_accuracy" in paths.rounds_plot_data().read_text().splitlines()[0]
 
 
-def test_a_supermask_lineage_logs_the_weight_agnostic_accuracies_to_mlflow(supermask_lineage, workdir):
+def test_a_supermask_lineage_logs_the_weight_agnostic_accuracies_to_mlflow(supermask_lineage):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
