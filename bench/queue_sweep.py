@@ -143,11 +143,20 @@ def measure(base, data_root, seeds, iterations):
             "complete_lineages_in_mlflow": complete_lineages(repo),
             "dvc_experiments": experiments(repo, env),
         }
-        if way["complete_lineages_in_mlflow"] != len(seeds) or way["dvc_experiments"] != len(seeds):
-            found = f"{way['complete_lineages_in_mlflow']} complete lineages in MLflow, {way['dvc_experiments']} DVC experiments"
-            raise RuntimeError(f"{name}: {found} for {len(seeds)} seeds")
+        check_whole(way, len(seeds))
         results["ways"].append(way)
     return results
+
+
+def check_whole(way, seeds):
+    """Stop unless every seed of `way` has a complete lineage in MLflow and a DVC experiment."""
+    if way["complete_lineages_in_mlflow"] != seeds or way["dvc_experiments"] != seeds:
+        found = f"{way['complete_lineages_in_mlflow']} complete lineages in MLflow, {way['dvc_experiments']} DVC experiments"
+        raise RuntimeError(f"{way['way']}: {found} for {seeds} seeds")
+
+
+def load_cell(way):
+    return " / ".join(f"{value:.1f}" for value in way["load_average_before_after"])
 
 
 def table(results):
@@ -159,10 +168,9 @@ def table(results):
         "|---|---:|---:|---:|---:|---:|",
     ]
     for way in results["ways"]:
-        load = " / ".join(f"{value:.1f}" for value in way["load_average_before_after"])
         lines.append(
             f"| {way['way']} | {way['seconds']:.1f} s | {way['seconds'] / first:.2f}× | "
-            f"{way['complete_lineages_in_mlflow']} | {way['dvc_experiments']} | {load} |"
+            f"{way['complete_lineages_in_mlflow']} | {way['dvc_experiments']} | {load_cell(way)} |"
         )
     return "\n".join(lines)
 

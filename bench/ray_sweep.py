@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from queue_sweep import complete_lineages_at, environment, experiments, project, run, sweep, warm_up
+from queue_sweep import check_whole, complete_lineages_at, environment, experiments, load_cell, project, run, sweep, warm_up
 from repro_time import ROOT, mnist_root, save
 
 from tests.conftest import sh, with_team_remotes  # noqa: E402
@@ -83,9 +83,7 @@ def measure(base, data_root, seeds, iterations):
                 "complete_lineages_in_mlflow": complete_lineages_at(server.url, repo),
                 "dvc_experiments": experiments(repo, way_env),
             }
-        if way["complete_lineages_in_mlflow"] != len(seeds) or way["dvc_experiments"] != len(seeds):
-            found = f"{way['complete_lineages_in_mlflow']} complete lineages in MLflow, {way['dvc_experiments']} DVC experiments"
-            raise RuntimeError(f"{name}: {found} for {len(seeds)} seeds")
+        check_whole(way, len(seeds))
         results["ways"].append(way)
     return results
 
@@ -101,10 +99,9 @@ def table(results):
     ]
     queue = results["ways"][-1]["seconds"]
     for way in results["ways"]:
-        load = " / ".join(f"{value:.1f}" for value in way["load_average_before_after"])
         lines.append(
             f"| {way['way']} | {way['seconds']:.1f} s | {way['overhead_per_experiment_seconds']:.1f} s | "
-            f"{way['seconds'] / queue:.2f}x | {way['complete_lineages_in_mlflow']} | {way['dvc_experiments']} | {load} |"
+            f"{way['seconds'] / queue:.2f}x | {way['complete_lineages_in_mlflow']} | {way['dvc_experiments']} | {load_cell(way)} |"
         )
     return "\n".join(lines)
 

@@ -260,18 +260,15 @@ def format_sweep(outcome):
     return "\n".join(lines)
 
 
-def _positive(text):
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be > 0")
-    return value
+def _number_from(low, inclusive):
+    """An argparse type: a number >= `low` (> `low` unless `inclusive`)."""
+    def parse(text):
+        value = float(text)
+        if value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"{text}: must be {'>=' if inclusive else '>'} {low:g}")
+        return value
 
-
-def _not_negative(text):
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be >= 0")
-    return value
+    return parse
 
 
 def _sweep_parser(commands):
@@ -280,8 +277,8 @@ def _sweep_parser(commands):
                        help="a params key and its values (YAML; commas outside brackets separate values); repeat for a grid")
     sweep.add_argument("--seeds", type=int, nargs="+", default=[], help="every point once per seed")
     sweep.add_argument("--address", help="join the Ray cluster at this address (default: start a local one for the sweep)")
-    sweep.add_argument("--gpus-per-experiment", type=_not_negative, help="GPUs each experiment gets (default: 1 where the cluster has GPUs, else 0)")
-    sweep.add_argument("--cpus-per-experiment", type=_positive, default=1, help="CPUs each experiment gets, and as many torch threads (default: 1)")
+    sweep.add_argument("--gpus-per-experiment", type=_number_from(0, inclusive=True), help="GPUs each experiment gets (default: 1 where the cluster has GPUs, else 0)")
+    sweep.add_argument("--cpus-per-experiment", type=_number_from(0, inclusive=False), default=1, help="CPUs each experiment gets, and as many torch threads (default: 1)")
     sweep.add_argument("--git-remote", default="origin", help="where the commit goes and the experiments come back (default: origin)")
     sweep.add_argument("--dvc-remote", help="the DVC remote for outputs (default: the committed config's default remote)")
     sweep.add_argument("--retries", type=int, default=3, help="times a point runs again after its node died (default: 3)")

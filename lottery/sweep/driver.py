@@ -131,7 +131,8 @@ def sweep(options, root=None, bar=None):
     bar.set(0, f"{len(todo)} to run")
     if todo:
         git(root, "push", "-q", options.git_remote, f"{commit}:{BASE_REFS}/{commit}")
-        specs = [spec(point, options, commit, remote_url, dvc_name, passed_on, author(root)) for point in todo]
+        who = author(root)
+        specs = [spec(point, options, commit, remote_url, dvc_name, passed_on, who) for point in todo]
         from lottery.sweep import cluster  # Ray: only for a sweep that runs something
 
         errors = cluster.run(specs, options, bar)

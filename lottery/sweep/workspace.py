@@ -63,14 +63,7 @@ def write_overrides(path, overrides):
     from lottery.sweep import grid
 
     yaml = YAML()
-    document = yaml.load(path.read_text())
-    values = grid.applied(json.loads(json.dumps(document)), overrides)
-    for dotted in overrides:
-        *sections, key = dotted.split(".")
-        node, source = document, values
-        for section in sections:
-            node, source = node[section], source[section]
-        node[key] = source[key]
+    document = grid.applied(yaml.load(path.read_text()), overrides)  # a ruamel map is a dict, comments and all
     with open(path, "w") as out:
         yaml.dump(document, out)
 
@@ -95,8 +88,9 @@ class RemoteSaves:
     def upload(self):
         here = {save.name: save for save in self.local.glob("*.pt")} if self.local.is_dir() else {}
         there = {self.fs.name(found) for found in self.fs.ls(self.folder, detail=False)} if self.fs.exists(self.folder) else set()
-        for name, save in here.items():
+        if here:
             self.fs.makedirs(self.folder, exist_ok=True)
+        for name, save in here.items():
             with contextlib.suppress(FileNotFoundError):  # its loop ended and removed it meanwhile
                 self.fs.put_file(str(save), self.fs.join(self.folder, name))
         for name in there - set(here):
