@@ -56,7 +56,7 @@ paper: $(VENV)/.installed $(PLOTS_TEMPLATE)
 # Replicates: one DVC experiment per seed, then the aggregate over those seeds: `make replicates SEEDS="0 1 2"`.
 # WORKERS=N queues the experiments and runs the queue N at a time, each in a temporary copy of the project
 # that logs to this project's MLflow store; `--run-all` exits 0 when one fails, so the aggregate checks
-# that every seed has its lineage. `lottery queue start` starts DVC's N workers one at a time, each with
+# that every seed has its lineage. `lottery queue start` starts DVC's N workers together, each with
 # its own GPUs (CUDA_VISIBLE_DEVICES: G // N each when G >= N, else the G in turn) and cores / N torch
 # threads unless OMP_NUM_THREADS is set; then `dvc exp run --run-all` follows the queue. GPUS="0,1" names
 # the GPUs to share out (default: CUDA_VISIBLE_DEVICES' list when set, else every GPU torch finds).

@@ -10,7 +10,7 @@
   lottery warm status | stop       the warm worker that serves this interpreter: its pid, start, log; stop it
   lottery compare A B ...          lineages or seed groups side by side at equal weights remaining
   lottery sweep -S KEY=V1,V2 ...   one DVC experiment per point of a grid, on a Ray cluster
-  lottery queue start --workers N  DVC's queue workers, one at a time, each with its share of the GPUs
+  lottery queue start --workers N  DVC's queue workers, each with its share of the GPUs and cores
 """
 
 import argparse

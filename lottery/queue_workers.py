@@ -3,11 +3,13 @@
 
 `dvc queue start -j N` (and `dvc exp run --run-all --jobs N`) starts N workers at once, and each
 takes the environment of the command that started it: every experiment sees every GPU. This
-command starts them one at a time, `dvc queue start -j i` with worker i's own `CUDA_VISIBLE_DEVICES`
-and `OMP_NUM_THREADS`, and waits until celery reports worker i before it starts worker i + 1: DVC
-starts each of the workers 1..i that celery does not report, so one still starting would be started
-a second time, with the next one's environment. Once all N answer, `dvc exp run --run-all --jobs N`
-follows the queue to its end and starts none.
+command starts each worker i as `dvc queue start` does (DVC's own spawn of worker i, a daemon that
+forks from this process), with worker i's own `CUDA_VISIBLE_DEVICES` and `OMP_NUM_THREADS`, all N
+at once, and waits until celery reports every one. It does not call `dvc queue start -j i` once per
+worker: that starts each of 1..i that celery does not report yet, so a worker still starting would
+be started a second time, with the next one's environment, and starting them one after another
+instead lets worker 1 run queued experiments alone until the others answer. Once all N answer,
+`dvc exp run --run-all --jobs N` follows the queue to its end and starts none.
 
 The G GPUs are shared out by `assign`: with G >= N each worker gets G // N of its own (one when
 G < 2N; the G mod N left over stay idle), enough for `distributed.processes_per_node` up to G // N;
@@ -18,9 +20,6 @@ ceil(N / G) experiments share one; with none, nothing is set and the workers run
 import math
 import os
 import re
-import subprocess
-import sys
-import tempfile
 import time
 
 from lottery.errors import UserError
@@ -121,32 +120,36 @@ def describe(gpus, assigned, variables):
 
 
 def start(variables, spawn, answering, wait=WAIT_SECONDS, poll=1.0, clock=time.monotonic, sleep=time.sleep, say=print):
-    """Start workers 1..N one at a time: `spawn(i, variables)` once workers 1..i-1 answer, then
-    wait until `answering()` (the worker numbers celery reports) holds i. A worker that already
-    answers is left as it is, with the environment it was started with."""
+    """Start workers 1..N together, `spawn(i, variables)` for each worker i that `answering()` (the
+    worker numbers celery reports) does not hold, then wait until it holds all N. A worker that
+    already answers is left as it is, with the environment it was started with."""
+    running = answering()
     for number, values in enumerate(variables, 1):
-        if number in answering():
+        if number in running:
             say(f"queue worker {number} already runs: it keeps the GPUs and threads it was started with")
-            continue
-        spawn(number, values)
-        deadline = clock() + wait
-        while number not in answering():
-            if clock() > deadline:
-                raise UserError(f"queue worker {number} did not answer within {wait:g} s (its log: .dvc/tmp/exps/celery/dvc-exp-worker-{number}.out)")
-            sleep(poll)
+        else:
+            spawn(number, values)
+    deadline = clock() + wait
+    while missing := set(range(1, len(variables) + 1)) - answering():
+        if clock() > deadline:
+            number = min(missing)
+            raise UserError(f"queue worker {number} did not answer within {wait:g} s (its log: .dvc/tmp/exps/celery/dvc-exp-worker-{number}.out)")
+        sleep(poll)
 
 
-def dvc_spawn(number, values):
-    """`dvc queue start -j number` with `values` added to this environment: it starts worker `number`
-    (and any of 1..number-1 that celery does not report). Its output goes to no pipe: the worker's
-    daemon inherits it and would hold a pipe open for as long as it runs."""
-    command = [sys.executable, "-m", "dvc", "queue", "start", "-j", str(number)]
-    with tempfile.TemporaryFile("w+") as errors:
-        done = subprocess.run(command, env={**os.environ, **values}, stdout=subprocess.DEVNULL, stderr=errors, text=True)
-        errors.seek(0)
-        said = errors.read().strip().splitlines()
-    if done.returncode:
-        raise UserError(f"dvc queue start -j {number}: {(said or [f'exit status {done.returncode}'])[-1]}")
+def dvc_spawn(queue):
+    """A function that starts worker `number` of DVC's celery `queue` with `values` added to this
+    process's environment, which the worker's daemon inherits when it forks."""
+    def spawn(number, values):
+        saved = dict(os.environ)
+        os.environ.update(values)
+        try:
+            queue._spawn_worker(number)  # what `dvc queue start` runs for each worker it starts
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    return spawn
 
 
 def dvc_answering(queue):
@@ -171,14 +174,15 @@ def cmd_start(args):
         raise UserError(str(err)) from None
     print("\n".join(describe(gpus, assigned, variables)), flush=True)
     with repo:
-        start(variables, dvc_spawn, dvc_answering(repo.experiments.celery_queue), wait=args.wait)
+        queue = repo.experiments.celery_queue
+        start(variables, dvc_spawn(queue), dvc_answering(queue), wait=args.wait)
     print(f"{counted(args.workers, 'queue worker')} answering; `dvc exp run --run-all --jobs {args.workers}` follows the queue")
 
 
 def add_parser(commands):
     """`lottery queue start` under the `lottery` command's subcommands."""
     queue = commands.add_parser("queue", help="DVC's queue workers").add_subparsers(dest="action", required=True)
-    start_ = queue.add_parser("start", help="start N queue workers one at a time, each with its share of the GPUs and of the cores")
+    start_ = queue.add_parser("start", help="start N queue workers, each with its share of the GPUs and of the cores")
     start_.add_argument("--workers", type=int, required=True, help="how many workers (experiments at a time)")
     start_.add_argument("--gpus", help="the GPUs to share out, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES' list, else every GPU torch finds)")
     start_.add_argument("--wait", type=float, default=WAIT_SECONDS, help=f"seconds to wait for each worker to answer (default {WAIT_SECONDS:g})")

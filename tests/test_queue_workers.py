@@ -1,5 +1,5 @@
 """How `lottery queue start` shares the GPUs and the cores among DVC's queue workers, and starts
-them one at a time (lottery.queue_workers), without DVC or a GPU: tests/test_dvc_queue.py runs it
+them together (lottery.queue_workers), without DVC or a GPU: tests/test_dvc_queue.py runs it
 for real through `make replicates`, and the last test here runs where torch finds a GPU."""
 
 import json
@@ -110,12 +110,12 @@ class FakeCelery:
         self.delay, self.never = delay, set(never)
 
     def spawn(self, number, values):
-        assert set(self.pending) <= self.answering_workers, "a worker was spawned before the last one answered"
         self.log.append(("spawn", number, values))
         if number not in self.never:
             self.pending[number] = self.delay
 
     def answering(self):
+        self.log.append(("poll",))
         for number in list(self.pending):
             self.pending[number] -= 1
             if self.pending[number] <= 0:
@@ -123,18 +123,21 @@ class FakeCelery:
         return set(self.answering_workers)
 
 
-def test_workers_start_one_at_a_time_each_after_the_last_answers():
+def test_workers_start_together_each_with_its_own_environment_and_all_answer():
     celery, said = FakeCelery(delay=3), []
     variables = environments(assign(3, gpus(2)), "1")
     queue_workers.start(variables, celery.spawn, celery.answering, sleep=lambda _: None, say=said.append)
-    assert celery.log == [("spawn", n, values) for n, values in enumerate(variables, 1)]
+    spawned = [entry for entry in celery.log if entry[0] == "spawn"]
+    assert spawned == [("spawn", n, values) for n, values in enumerate(variables, 1)]
+    # All three before the wait's first poll: none waits for another to answer.
+    assert celery.log[1:4] == spawned and celery.log[4:] == [("poll",)] * 3
     assert celery.answering_workers == {1, 2, 3} and said == []
 
 
 def test_a_worker_that_already_runs_is_left_as_it_is_and_said_so():
     celery, said = FakeCelery(running={1}), []
     queue_workers.start(environments(assign(2, gpus(2)), "1"), celery.spawn, celery.answering, sleep=lambda _: None, say=said.append)
-    assert [entry[1] for entry in celery.log] == [2]
+    assert [entry[1] for entry in celery.log if entry[0] == "spawn"] == [2]
     assert said == ["queue worker 1 already runs: it keeps the GPUs and threads it was started with"]
 
 
@@ -147,7 +150,21 @@ def test_a_worker_that_never_answers_is_one_line_naming_its_log():
     with pytest.raises(UserError) as raised:
         queue_workers.start(environments(assign(3, []), "1"), celery.spawn, celery.answering, wait=5, clock=lambda: now[0], sleep=sleep)
     assert str(raised.value) == "queue worker 2 did not answer within 5 s (its log: .dvc/tmp/exps/celery/dvc-exp-worker-2.out)"
-    assert [entry[1] for entry in celery.log] == [1, 2]  # worker 3 was never started
+    assert celery.answering_workers == {1, 3}
+
+
+def test_a_spawned_worker_gets_its_own_variables_and_this_process_keeps_its_own(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = []
+
+    class Queue:
+        def _spawn_worker(self, number):
+            seen.append((number, os.environ["CUDA_VISIBLE_DEVICES"], os.environ["OMP_NUM_THREADS"]))
+
+    queue_workers.dvc_spawn(Queue())(2, {"CUDA_VISIBLE_DEVICES": "1", "OMP_NUM_THREADS": "4"})
+    assert seen == [(2, "1", "4")]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1" and "OMP_NUM_THREADS" not in os.environ
 
 
 def test_celerys_worker_names_give_the_worker_numbers():

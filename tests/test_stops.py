@@ -24,10 +24,11 @@ from tests.conftest import dvc_project, sh, tiny_params
 from tests.test_tracking_server import free_port
 from tests.test_warm import wait_for_worker
 
-# About 1.8 CPU seconds of each rank's training loop (0.0035 s an iteration), which starts about 1.5
-# CPU seconds after the rank joins (both measured): long enough to stop it part-way (TRAINING_CPU_S
-# after joining) with time to spare, short enough that the tests' waits for a stopped stage's
-# would-be writes (1.5 times what is left of a train) stay short.
+# About 1.8 CPU seconds of each rank's training loop (0.0035 s an iteration): long enough to stop it
+# part-way, short enough that the tests' waits for a stopped stage's would-be writes (1.5 times what
+# is left of a train) stay short. Where in a rank's run the loop lies depends on the machine (it
+# started 1.5 CPU seconds after joining on one, 0.4 on another), so the tests stop the ranks once
+# each has spent half of what the fixture's whole train took it after joining.
 ITERATIONS = 500
 PARALLEL = {
     "rounds": hparams.rounds_section(1),
@@ -36,9 +37,6 @@ PARALLEL = {
     "train.eval_every": ITERATIONS,
 }
 STOPPED_WITHIN_S = 10
-# CPU seconds each rank has spent since it joined the process group when a test stops it: past
-# loading the data and the model and the first iteration (1.5 s), inside the training loop.
-TRAINING_CPU_S = 2.0
 TRAIN = [sys.executable, "-m", "stages.train"]
 
 
@@ -136,18 +134,25 @@ def _read(path):
         return b""  # the process has just ended
 
 
-def wait_for_training(repo, ranks=2, timeout=240):
-    """Until `ranks` ranks working in `repo` have each spent TRAINING_CPU_S since joining the
-    process group; their pids."""
+def cpu_since_joining(repo, joined):
+    """{pid: CPU seconds spent since joining its process group} of the live ranks working in `repo`
+    that have joined; `joined` ({pid: CPU seconds at joining}) keeps the moment each was first seen joined."""
+    for pid in ranks_in(repo):
+        if pid not in joined and joined_process_group(pid):
+            joined[pid] = cpu_seconds(pid)
+    used = {pid: cpu_seconds(pid) for pid in joined}
+    return {pid: used[pid] - cpu for pid, cpu in joined.items() if used[pid] is not None}  # a rank that ended is none
+
+
+def wait_for_training(started, repo, training_cpu, ranks=2, timeout=240):
+    """Until `ranks` ranks working in `repo` have each spent `training_cpu` seconds since joining
+    the process group; their pids. The command `started` must not end before."""
     joined, deadline = {}, time.monotonic() + timeout
     while True:
-        for pid in ranks_in(repo):
-            if pid not in joined and joined_process_group(pid):
-                joined[pid] = cpu_seconds(pid)
-        used = {pid: cpu_seconds(pid) for pid in joined}
-        joined = {pid: cpu for pid, cpu in joined.items() if used[pid] is not None}  # a rank that ended is none
-        if len(joined) == ranks and all(used[pid] >= cpu + TRAINING_CPU_S for pid, cpu in joined.items()):
-            return list(joined)
+        spent = cpu_since_joining(repo, joined)
+        if len(spent) == ranks and min(spent.values()) >= training_cpu:
+            return list(spent)
+        assert started.process.poll() is None, f"ended before {ranks} ranks trained:\n{started.stderr}"
         assert time.monotonic() < deadline, f"no {ranks} ranks training in {repo} after {timeout} s: {processes_in(repo)}"
         time.sleep(0.1)
 
@@ -197,18 +202,26 @@ def run_status(repo, round_):
 
 @pytest.fixture(scope="module")
 def parallel(tmp_path_factory, mnist_root):
-    """A project whose two-rank `train` has run (so round 0's MLflow run exists), a warm worker
-    for its stages, and how many seconds a `train` left alone goes on, from the point where these
-    tests stop one, until it has written its outputs and ended. That `train` is the timed one: DVC
-    runs the stages before it."""
+    """A project whose two-rank `train` has run (so round 0's MLflow run exists), a warm worker for
+    its stages, the CPU seconds after joining at which these tests stop a rank (half of what the
+    rank that spent least took in that `train`), and how many seconds that `train` went on from
+    there until it had written its outputs and ended. DVC runs the stages before it."""
     repo = dvc_project(tmp_path_factory.mktemp("stops"), tiny_params(mnist_root, PARALLEL)).resolve()
     sh(repo, "dvc", "repro", "data", "init", env={"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"})
     wait_for_worker(stage_env(repo))
     alone = Started(repo, TRAIN, stage_env(repo))
-    wait_for_training(repo)
-    at = time.monotonic()
-    assert alone.wait(timeout=300) == 0, alone.stderr
-    return repo, time.monotonic() - at
+    joined, seen = {}, []
+    while alone.process.poll() is None:
+        seen.append((time.monotonic(), cpu_since_joining(repo, joined)))
+        time.sleep(0.05)
+    assert alone.wait(timeout=10) == 0, alone.stderr
+    whole = {}
+    for _, spent in seen:
+        whole.update(spent)
+    assert len(whole) == 2, f"saw {len(whole)} ranks join"
+    training_cpu = min(whole.values()) / 2
+    stopped_at = next(at for at, spent in seen if len(spent) == 2 and min(spent.values()) >= training_cpu)
+    return repo, training_cpu, time.monotonic() - stopped_at
 
 
 def workspace_later(repo, finishing):
@@ -219,10 +232,10 @@ def workspace_later(repo, finishing):
 
 
 def test_ctrl_c_to_dvc_repro_stops_every_rank_at_once_and_nothing_is_written_after(parallel):
-    repo, finishing = parallel
+    repo, training_cpu, finishing = parallel
     assert run_status(repo, 0) == "FINISHED"
     repro = Started(repo, ["dvc", "repro", "-f", "-s", "train"], stage_env(repo))
-    wait_for_training(repo)
+    wait_for_training(repro, repo, training_cpu)
     before, signalled = workspace(repo), time.monotonic()
     os.killpg(repro.process.pid, signal.SIGINT)  # a terminal's Ctrl-C: dvc and the stage it runs
     assert gone_within(repo, STOPPED_WITHIN_S) == {}
@@ -236,9 +249,9 @@ def test_ctrl_c_to_dvc_repro_stops_every_rank_at_once_and_nothing_is_written_aft
 
 
 def test_sigterm_to_the_stage_process_stops_every_rank_and_nothing_is_written_after(parallel):
-    repo, finishing = parallel
+    repo, training_cpu, finishing = parallel
     stage = Started(repo, TRAIN, stage_env(repo))
-    launcher = parent(parent(wait_for_training(repo)[0]))  # the rank's parent is torchrun
+    launcher = parent(parent(wait_for_training(stage, repo, training_cpu)[0]))  # the rank's parent is torchrun
     assert launcher != stage.process.pid  # the warm worker's fork: the signal goes there through the stage process
     before, signalled = workspace(repo), time.monotonic()
     stage.process.send_signal(signal.SIGTERM)
@@ -250,9 +263,9 @@ def test_sigterm_to_the_stage_process_stops_every_rank_and_nothing_is_written_af
 
 
 def test_ranks_do_not_outlive_a_stage_process_killed_outright(parallel):
-    repo, finishing = parallel
+    repo, training_cpu, finishing = parallel
     stage = Started(repo, TRAIN, stage_env(repo, LOTTERY_WARM="0"))
-    ranks = wait_for_training(repo)
+    ranks = wait_for_training(stage, repo, training_cpu)
     assert parent(parent(ranks[0])) == stage.process.pid  # no worker: the stage process launched torchrun
     before = workspace(repo)
     stage.process.kill()
