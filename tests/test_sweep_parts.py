@@ -152,8 +152,9 @@ def project(tmp_path, mnist_root):
     return repo
 
 
-def sweep(repo, *args):
+def sweep(repo, *args, **env_changes):
     env = {key: value for key, value in os.environ.items() if key not in ("MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env.update(env_changes)
     return subprocess.run([sys.executable, "-m", "lottery", "sweep", *args], cwd=repo, env=env, capture_output=True, text=True)
 
 
@@ -177,7 +178,9 @@ def test_a_cluster_that_asks_for_a_token_or_none_that_answers_is_one_line(projec
     done = sweep(project, "-S", "prune.rate=0.2", "--address", nobody)
     assert done.returncode == 1 and done.stderr.strip() == f"error: --address {nobody}: no Ray cluster answers there (`ray start --head` starts one)"
     with ray_cluster([1], token="a" * 32) as (address, _):
-        done = sweep(project, "-S", "prune.rate=0.2", "--address", address)
+        # Ray tries a joining driver's GCS connection once a second, 20 times by default, whatever
+        # the refusal; its own RAY_gcs_server_port_wait_time_s sets the count.
+        done = sweep(project, "-S", "prune.rate=0.2", "--address", address, RAY_gcs_server_port_wait_time_s="2")
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (f"error: --address {address}: the cluster asks for a Ray token: run with "
                                                    "RAY_AUTH_MODE=token (the token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
