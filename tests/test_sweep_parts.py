@@ -222,6 +222,19 @@ def test_a_failing_point_and_a_refused_point_fail_alone_in_the_table(project, tm
     assert Path(log).is_file() and not Path(log).with_suffix("").exists()  # the log is kept, the workspace is not
 
 
+def test_ctrl_c_during_a_sweep_is_noted_not_raised_inside_ray_and_the_handler_put_back():
+    from lottery.sweep import cluster
+
+    before = signal.getsignal(signal.SIGINT)
+    with cluster.sigint_noted() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # Python runs a handler between bytecodes: it has run by now, and raised nothing
+        assert stop.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            cluster.stop_if(stop)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_ctrl_c_stops_the_sweep_in_one_line_and_its_points_with_it(project, tmp_path):
     from tests.test_sweep import processes
 

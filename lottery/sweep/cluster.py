@@ -7,9 +7,12 @@ A point that fails for a reason of its own (a stage's error) is not retried: its
 line that says why.
 """
 
+import contextlib
 import os
+import signal
 import socket
 import tempfile
+import threading
 
 from lottery.errors import UserError
 from lottery.sweep import task
@@ -73,26 +76,48 @@ def default_gpus():
 
 
 def run(specs, options, bar):
-    """{point name: None, or the line that says why it failed} of every spec, run on Ray."""
+    """{point name: None, or the line that says why it failed} of every spec, run on Ray. Ctrl-C
+    ends it with KeyboardInterrupt, raised between Ray's calls, never inside one."""
     import ray
 
-    connect(options.address)
+    with sigint_noted() as stop:
+        try:
+            connect(options.address)
+            stop_if(stop)
+            gpus = default_gpus() if options.gpus_per_experiment is None else options.gpus_per_experiment
+            progress = task.Progress.options(scheduling_strategy=here()).remote()
+            submit = task.run_point.options(num_cpus=options.cpus_per_experiment, num_gpus=gpus, max_retries=options.retries)
+            names = {submit.remote(spec, progress): spec["name"] for spec in specs}
+            return wait(names, progress, bar, stop)
+        finally:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def sigint_noted():
+    """SIGINT sets the event it yields instead of raising KeyboardInterrupt wherever the driver is:
+    raised inside a Ray call (a blocking get, say), it can leave a lock of Ray's held that
+    ray.shutdown then waits on for ever. The previous handler is put back after."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda number, frame: stop.set())
     try:
-        gpus = default_gpus() if options.gpus_per_experiment is None else options.gpus_per_experiment
-        progress = task.Progress.options(scheduling_strategy=here()).remote()
-        submit = task.run_point.options(num_cpus=options.cpus_per_experiment, num_gpus=gpus, max_retries=options.retries)
-        names = {submit.remote(spec, progress): spec["name"] for spec in specs}
-        return wait(names, progress, bar)
+        yield stop
     finally:
-        ray.shutdown()
+        signal.signal(signal.SIGINT, previous)
 
 
-def wait(names, progress, bar):
+def stop_if(stop):
+    if stop.is_set():
+        raise KeyboardInterrupt
+
+
+def wait(names, progress, bar, stop):
     import ray
 
     results, pending = {}, list(names)
     while pending:
         done, pending = ray.wait(pending, timeout=POLL_SECONDS)
+        stop_if(stop)
         for ref in done:
             try:
                 results[names[ref]] = ray.get(ref)
